@@ -1,0 +1,228 @@
+//! Storage drivers: where blob and metadata bytes live.
+//!
+//! The [`Driver`] trait below *is* the contract; every driver must pass
+//! [`conformance`], the one suite of assertions run against all of them.
+//!
+//! | driver | module | backing | links / rename | durability |
+//! |---|---|---|---|---|
+//! | `fs` | [`fs`] | a real directory | yes | fsync protocol (below) |
+//! | `sim` | [`sim`] | [`SimDisk`], in memory, with a power-failure model | yes | same protocol, same code |
+//! | `object` | [`object`] | memory, or a directory | no (copy + delete) | every call durable on return |
+//!
+//! `fs` and `sim` are one implementation ([`posix::PosixDriver`]) over two
+//! small filesystem back ends, so the crash tests on `sim` exercise exactly
+//! the commit protocol `fs` runs on a real disk.
+//!
+//! Wrappers add behaviour without touching drivers: [`Instrumented`] counts
+//! calls by kind and turns a failed fsync into a sticky failure; [`Latency`]
+//! sleeps per call kind (virtual time under madsim).
+
+mod counters;
+mod error;
+pub mod fs;
+mod instrumented;
+mod latency;
+pub mod object;
+mod path;
+pub mod posix;
+pub mod sim;
+
+pub mod conformance;
+
+use std::fmt;
+use std::ops::Range;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use counters::{CallCounters, CallCounts, CallKind};
+pub use error::{DriverError, DriverResult};
+pub use fs::FsDriver;
+pub use instrumented::Instrumented;
+pub use latency::{Latency, LatencyModel};
+pub use object::ObjectDriver;
+pub use path::{DriverPath, PathError, RESERVED_PREFIX};
+pub use sim::{SimDisk, SimDriver, SimFaults};
+
+/// What a stored object looks like from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub modified: SystemTime,
+    /// Number of names the bytes have (hard links); `None` where the backend
+    /// has no links. The local blobstore reads `links - 1` as "repositories
+    /// holding this digest" (DESIGN §4).
+    pub links: Option<u64>,
+}
+
+/// What to do when the target of a write already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace atomically: readers see the old or the new bytes, never a mix.
+    Overwrite,
+    /// Fail with [`DriverError::AlreadyExists`] and leave the existing bytes
+    /// untouched (conditional put; the dedupe primitive on object stores).
+    IfAbsent,
+}
+
+/// What a backend can do beyond the common core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// [`Driver::hard_link`] works and [`ObjectMeta::links`] is reported.
+    pub hard_links: bool,
+    /// [`Driver::rename`] works.
+    pub rename: bool,
+    /// Every mutation is durable when it returns; [`Driver::sync_dir`] is a no-op.
+    pub durable_on_return: bool,
+}
+
+/// The immediate children of a prefix: sub-prefixes ("directories") and objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub dirs: Vec<String>,
+    pub files: Vec<String>,
+}
+
+/// Streams one object in; nothing is visible under the target name until
+/// [`BlobWriter::commit`] returns `Ok`.
+///
+/// Dropping a writer without committing abandons it: the target is untouched
+/// and the partial bytes are left under a reserved name that no listing shows.
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends a chunk. Memory held by the writer is bounded by a few chunks,
+    /// whatever the object's size.
+    async fn write(&mut self, chunk: Bytes) -> DriverResult<()>;
+
+    /// Bytes accepted so far.
+    fn written(&self) -> u64;
+
+    /// Publishes the object atomically; durable on return (data and name,
+    /// and any directory created for it). With [`PutMode::IfAbsent`], fails
+    /// with `AlreadyExists` if the target appeared meanwhile.
+    async fn commit(self: Box<Self>) -> DriverResult<()>;
+
+    /// Discards the partial object.
+    async fn abort(self: Box<Self>) -> DriverResult<()>;
+}
+
+/// The storage contract.
+///
+/// Paths are [`DriverPath`]s, validated on construction, so no call can
+/// escape the driver's root. Objects live at paths; a "directory" is only a
+/// shared prefix (created and removed implicitly).
+///
+/// Durability:
+/// - `put`, `writer(..).commit()` and `copy` are durable on return.
+/// - `hard_link`, `rename` and `delete` are atomic and visible on return, and
+///   durable once [`Driver::sync_dir`] of the changed entry's parent returns
+///   (immediately, where [`Capabilities::durable_on_return`]).
+/// - Directories a call creates are durable when it returns.
+///
+/// Undefined: a path that is at once an object and a prefix of another
+/// object (drivers may refuse either write); concurrent writers of one path
+/// in `Overwrite` mode (one of them wins whole).
+#[async_trait]
+pub trait Driver: Send + Sync + fmt::Debug {
+    /// Short name for errors and reports (`fs`, `sim`, `object`).
+    fn name(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Size, modification time and link count. Directories are not objects:
+    /// `NotFound`.
+    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta>;
+
+    /// The whole object, or `range` of it. A range must satisfy
+    /// `start <= end <= size`, else `InvalidRange`; an empty range is fine.
+    async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes>;
+
+    /// Starts streaming a new object to `path`.
+    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>>;
+
+    /// Writes a whole object in one call (durable on return).
+    async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
+        let mut w = self.writer(path, mode).await?;
+        w.write(data).await?;
+        w.commit().await
+    }
+
+    /// Every object below `prefix` (the whole store for `None`), sorted.
+    /// A missing prefix lists as empty.
+    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>>;
+
+    /// The immediate children of `prefix`, each list sorted.
+    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing>;
+
+    /// Removes one object; removing a missing object succeeds (idempotent,
+    /// as on object stores), so a crashed delete can simply be repeated.
+    async fn delete(&self, path: &DriverPath) -> DriverResult<()>;
+
+    /// Gives the bytes of `src` a second name `dst` (`AlreadyExists` if taken).
+    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        let _ = (src, dst);
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            op: "hard_link",
+        })
+    }
+
+    /// Moves `src` to `dst`, replacing `dst` atomically.
+    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        let _ = (src, dst);
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            op: "rename",
+        })
+    }
+
+    /// Copies `src` to `dst` (server-side on object stores); durable on return.
+    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()>;
+
+    /// Makes the entries of directory `dir` (`None`: the root) durable: the
+    /// names created, renamed, linked or removed in it so far survive a crash.
+    /// If `dir` itself is gone (emptied and removed by a delete), its removal
+    /// is made durable instead, in its nearest existing ancestor.
+    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()>;
+}
+
+/// Reads ranges in chunks so that a caller can stream a large object
+/// without holding it whole; shared by `copy` implementations.
+pub(crate) const COPY_CHUNK: u64 = 4 << 20;
+
+pub(crate) fn check_range(
+    path: &DriverPath,
+    range: Option<Range<u64>>,
+    size: u64,
+) -> DriverResult<Range<u64>> {
+    let range = range.unwrap_or(0..size);
+    if range.start > range.end || range.end > size {
+        return Err(DriverError::InvalidRange {
+            path: path.clone(),
+            start: range.start,
+            end: range.end,
+            size,
+        });
+    }
+    Ok(range)
+}
+
+/// Streams `src` into `dst` in [`COPY_CHUNK`] pieces through `driver`'s own
+/// calls; for backends without a native copy.
+pub(crate) async fn copy_by_streaming<D: Driver + ?Sized>(
+    driver: &D,
+    src: &DriverPath,
+    dst: &DriverPath,
+    mode: PutMode,
+) -> DriverResult<()> {
+    let size = driver.stat(src).await?.size;
+    let mut w = driver.writer(dst, mode).await?;
+    let mut at = 0;
+    while at < size {
+        let end = (at + COPY_CHUNK).min(size);
+        w.write(driver.get(src, Some(at..end)).await?).await?;
+        at = end;
+    }
+    w.commit().await
+}

@@ -1,0 +1,494 @@
+//! One driver over any POSIX-like filesystem: the commit protocol lives here,
+//! once, for the real directory ([`super::fs`]) and the simulated disk
+//! ([`super::sim`]).
+//!
+//! # Commit protocol (what makes a put crash-safe)
+//!
+//! ```text
+//! 1. mkdir -p parent          each created dir: fsync ITS parent
+//! 2. create parent/.ocistore-tmp.N   (same directory: step 4 touches one dir)
+//! 3. write chunks; fsync(temp)        -- data durable, name not yet
+//! 4. Overwrite: rename(temp, target)
+//!    IfAbsent:  link(temp, target) (fails if taken); unlink(temp)
+//! 5. fsync(parent)                    -- POINT OF NO RETURN: the name is durable
+//! ```
+//!
+//! Crash before 5: the target holds its old bytes or does not exist; at most
+//! a temp name survives, which no listing shows. Crash after 5: the target
+//! holds all the new bytes. A torn write can only ever land in a temp file.
+//! Temp and target share a directory so that one directory fsync covers the
+//! new name and the temp's removal (a surviving temp link would inflate the
+//! link count the local blobstore uses as reference truth).
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, Listing, ObjectMeta,
+    PutMode, RESERVED_PREFIX, check_range, copy_by_streaming,
+};
+
+/// What a filesystem says about one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsStat {
+    pub is_dir: bool,
+    pub size: u64,
+    pub modified: SystemTime,
+    pub links: u64,
+}
+
+/// The few calls the commit protocol needs. Paths are relative to the
+/// filesystem's root and already valid; `""` is the root itself.
+///
+/// Errors use `io::ErrorKind` (`NotFound`, `AlreadyExists`, `StorageFull`,
+/// `DirectoryNotEmpty`); a back end may carry its own payload in
+/// `io::Error::other` for faults the kinds cannot say (see [`super::sim`]).
+#[async_trait]
+pub trait PosixFs: Send + Sync + fmt::Debug + 'static {
+    type File: Send + 'static;
+
+    /// Driver name for errors and reports.
+    fn name(&self) -> &'static str;
+
+    /// Creates a new, empty file; `AlreadyExists` if the name is taken.
+    async fn create_new(&self, path: &str) -> io::Result<Self::File>;
+    async fn write(&self, file: &mut Self::File, data: Bytes) -> io::Result<()>;
+    /// Makes the file's data durable (and waits for any write still in flight).
+    async fn fsync(&self, file: &mut Self::File) -> io::Result<()>;
+    async fn read_at(&self, path: &str, range: Range<u64>) -> io::Result<Bytes>;
+    async fn stat(&self, path: &str) -> io::Result<FsStat>;
+    /// `AlreadyExists` if present.
+    async fn mkdir(&self, path: &str) -> io::Result<()>;
+    /// `DirectoryNotEmpty` unless empty.
+    async fn rmdir(&self, path: &str) -> io::Result<()>;
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// `AlreadyExists` if `to` is taken.
+    async fn link(&self, from: &str, to: &str) -> io::Result<()>;
+    async fn unlink(&self, path: &str) -> io::Result<()>;
+    async fn fsync_dir(&self, path: &str) -> io::Result<()>;
+    /// `(name, is_dir)` of every entry, any order.
+    async fn read_dir(&self, path: &str) -> io::Result<Vec<(String, bool)>>;
+    /// Removes an abandoned temp file and the directories that leaves empty,
+    /// best effort and synchronously: it runs from `Drop`, where nothing can
+    /// be awaited and nothing can be reported.
+    fn discard(&self, temp: &str);
+    /// Turns a back-end specific error into a driver error, or `None` to let
+    /// the generic mapping by kind decide.
+    fn classify(&self, err: &io::Error) -> Option<DriverError> {
+        let _ = err;
+        None
+    }
+}
+
+/// How often a commit retries when a concurrent delete removed the directory
+/// it had just created (rmdir of emptied parents races mkdir -p).
+const DIR_RACE_RETRIES: usize = 8;
+
+/// [`Driver`] over a [`PosixFs`].
+#[derive(Debug)]
+pub struct PosixDriver<F: PosixFs> {
+    fs: std::sync::Arc<F>,
+    temp_counter: AtomicU64,
+}
+
+impl<F: PosixFs> PosixDriver<F> {
+    pub fn new(fs: F) -> PosixDriver<F> {
+        PosixDriver {
+            fs: std::sync::Arc::new(fs),
+            temp_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The filesystem underneath (the sim tests reach the disk model this way).
+    pub fn filesystem(&self) -> &F {
+        &self.fs
+    }
+
+    fn err(&self, op: &'static str, path: &str, e: io::Error) -> DriverError {
+        map_err(&*self.fs, op, path, e)
+    }
+
+    /// mkdir -p of `dir`'s chain; every directory created is made durable by
+    /// an fsync of its parent before this returns.
+    async fn ensure_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
+        let Some(dir) = dir else { return Ok(()) };
+        if self.fs.stat(dir.as_str()).await.is_ok_and(|s| s.is_dir) {
+            return Ok(());
+        }
+        for d in dir.ancestors().chain(std::iter::once(dir.clone())) {
+            match self.fs.mkdir(d.as_str()).await {
+                Ok(()) => {
+                    let parent = d.parent();
+                    let parent = parent.as_ref().map_or("", |p| p.as_str());
+                    self.fs
+                        .fsync_dir(parent)
+                        .await
+                        .map_err(|e| sync_err(&*self.fs, parent, e))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(self.err("mkdir", d.as_str(), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_temp(&self, target: &DriverPath) -> DriverResult<(String, F::File)> {
+        let parent = target.parent();
+        for _ in 0..DIR_RACE_RETRIES {
+            self.ensure_dir(parent.as_ref()).await?;
+            loop {
+                let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+                let name = format!("{RESERVED_PREFIX}-tmp.{}.{n}", std::process::id());
+                let temp = match &parent {
+                    Some(p) => format!("{p}/{name}"),
+                    None => name,
+                };
+                match self.fs.create_new(&temp).await {
+                    Ok(file) => return Ok((temp, file)),
+                    // A leftover from an earlier process with our pid: next number.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) => return Err(self.err("create", &temp, e)),
+                }
+            }
+        }
+        Err(self.err(
+            "create",
+            target.as_str(),
+            io::Error::other("parent directory kept vanishing"),
+        ))
+    }
+
+    async fn remove_empty_parents(&self, path: &DriverPath) {
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            // Fails harmlessly when the directory still has entries (or a
+            // concurrent writer's temp file): that is the stop condition.
+            if self.fs.rmdir(d.as_str()).await.is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+
+    async fn walk(&self, dir: String, out: &mut Vec<DriverPath>) -> DriverResult<()> {
+        let mut stack = vec![dir];
+        while let Some(dir) = stack.pop() {
+            let entries = match self.fs.read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if is_missing_dir(&e) => continue,
+                Err(e) => return Err(self.err("list", &dir, e)),
+            };
+            for (name, is_dir) in entries {
+                if name.starts_with(RESERVED_PREFIX) {
+                    continue;
+                }
+                let child = if dir.is_empty() {
+                    name
+                } else {
+                    format!("{dir}/{name}")
+                };
+                if is_dir {
+                    stack.push(child);
+                } else {
+                    out.push(DriverPath::new(child)?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_missing_dir(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+fn sync_err<F: PosixFs + ?Sized>(fs: &F, path: &str, e: io::Error) -> DriverError {
+    match fs.classify(&e) {
+        Some(err) => err,
+        None => DriverError::SyncFailed {
+            driver: fs.name(),
+            path: path.to_owned(),
+            source: e,
+        },
+    }
+}
+
+fn map_err<F: PosixFs + ?Sized>(fs: &F, op: &'static str, path: &str, e: io::Error) -> DriverError {
+    if let Some(err) = fs.classify(&e) {
+        return err;
+    }
+    let as_path = || DriverPath::new(path).unwrap_or_else(|_| DriverPath::new("invalid").unwrap());
+    match e.kind() {
+        io::ErrorKind::NotFound => DriverError::NotFound { path: as_path() },
+        io::ErrorKind::AlreadyExists => DriverError::AlreadyExists { path: as_path() },
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            DriverError::NoSpace { driver: fs.name() }
+        }
+        _ => DriverError::Io {
+            driver: fs.name(),
+            op,
+            path: path.to_owned(),
+            source: e,
+        },
+    }
+}
+
+#[async_trait]
+impl<F: PosixFs> Driver for PosixDriver<F> {
+    fn name(&self) -> &'static str {
+        self.fs.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            hard_links: true,
+            rename: true,
+            durable_on_return: false,
+        }
+    }
+
+    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
+        let st = self
+            .fs
+            .stat(path.as_str())
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotADirectory => DriverError::NotFound { path: path.clone() },
+                _ => self.err("stat", path.as_str(), e),
+            })?;
+        if st.is_dir {
+            return Err(DriverError::NotFound { path: path.clone() });
+        }
+        Ok(ObjectMeta {
+            size: st.size,
+            modified: st.modified,
+            links: Some(st.links),
+        })
+    }
+
+    async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
+        let size = self.stat(path).await?.size;
+        let range = check_range(path, range, size)?;
+        self.fs
+            .read_at(path.as_str(), range)
+            .await
+            .map_err(|e| self.err("read", path.as_str(), e))
+    }
+
+    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
+        let (temp, file) = self.create_temp(path).await?;
+        Ok(Box::new(PosixWriter {
+            fs: self.fs.clone(),
+            target: path.clone(),
+            temp,
+            file: Some(file),
+            mode,
+            written: 0,
+        }))
+    }
+
+    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
+        let mut out = Vec::new();
+        self.walk(prefix.map_or(String::new(), |p| p.to_string()), &mut out)
+            .await?;
+        out.sort();
+        Ok(out)
+    }
+
+    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
+        let dir = prefix.map_or("", |p| p.as_str());
+        let entries = match self.fs.read_dir(dir).await {
+            Ok(entries) => entries,
+            Err(e) if is_missing_dir(&e) => return Ok(Listing::default()),
+            Err(e) => return Err(self.err("list", dir, e)),
+        };
+        let mut listing = Listing::default();
+        for (name, is_dir) in entries {
+            if name.starts_with(RESERVED_PREFIX) {
+                continue;
+            }
+            if is_dir {
+                listing.dirs.push(name);
+            } else {
+                listing.files.push(name);
+            }
+        }
+        listing.dirs.sort();
+        listing.files.sort();
+        Ok(listing)
+    }
+
+    async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
+        match self.fs.unlink(path.as_str()).await {
+            Ok(()) => {}
+            Err(e) if is_missing_dir(&e) => return Ok(()),
+            Err(e) => return Err(self.err("delete", path.as_str(), e)),
+        }
+        self.remove_empty_parents(path).await;
+        Ok(())
+    }
+
+    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        for _ in 0..DIR_RACE_RETRIES {
+            self.ensure_dir(dst.parent().as_ref()).await?;
+            match self.fs.link(src.as_str(), dst.as_str()).await {
+                Ok(()) => return Ok(()),
+                // Which side is missing? A missing source is the caller's
+                // NotFound; a vanished target dir is a race to retry.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.stat(src).await?;
+                }
+                Err(e) => return Err(self.err("link", dst.as_str(), e)),
+            }
+        }
+        Err(self.err(
+            "link",
+            dst.as_str(),
+            io::Error::other("target directory kept vanishing"),
+        ))
+    }
+
+    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        for _ in 0..DIR_RACE_RETRIES {
+            self.ensure_dir(dst.parent().as_ref()).await?;
+            match self.fs.rename(src.as_str(), dst.as_str()).await {
+                Ok(()) => {
+                    self.remove_empty_parents(src).await;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.stat(src).await?;
+                }
+                Err(e) => return Err(self.err("rename", dst.as_str(), e)),
+            }
+        }
+        Err(self.err(
+            "rename",
+            dst.as_str(),
+            io::Error::other("target directory kept vanishing"),
+        ))
+    }
+
+    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
+        copy_by_streaming(self, src, dst, mode).await
+    }
+
+    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
+        // A directory that is gone (a delete emptied and removed it) has one
+        // change left to persist: its own removal, in the nearest ancestor
+        // that still exists.
+        let mut dir = dir.cloned();
+        loop {
+            let name = dir.as_ref().map_or("", |d| d.as_str());
+            match self.fs.fsync_dir(name).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_missing_dir(&e) && dir.is_some() => {
+                    dir = dir.and_then(|d| d.parent());
+                }
+                Err(e) => return Err(sync_err(&*self.fs, name, e)),
+            }
+        }
+    }
+}
+
+struct PosixWriter<F: PosixFs> {
+    fs: std::sync::Arc<F>,
+    target: DriverPath,
+    temp: String,
+    file: Option<F::File>,
+    mode: PutMode,
+    written: u64,
+}
+
+impl<F: PosixFs> PosixWriter<F> {
+    fn err(&self, op: &'static str, e: io::Error) -> DriverError {
+        map_err(&*self.fs, op, &self.temp, e)
+    }
+
+    fn parent(&self) -> String {
+        self.target
+            .parent()
+            .map_or(String::new(), |p| p.to_string())
+    }
+}
+
+#[async_trait]
+impl<F: PosixFs> BlobWriter for PosixWriter<F> {
+    async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
+        let len = chunk.len() as u64;
+        let file = self.file.as_mut().expect("writer used after commit");
+        if let Err(e) = self.fs.write(file, chunk).await {
+            return Err(self.err("write", e));
+        }
+        self.written += len;
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    async fn commit(mut self: Box<Self>) -> DriverResult<()> {
+        let mut file = self.file.take().expect("writer committed twice");
+        let synced = self.fs.fsync(&mut file).await;
+        drop(file);
+        if let Err(e) = synced {
+            self.fs.discard(&self.temp);
+            return Err(sync_err(&*self.fs, &self.temp, e));
+        }
+        let target = self.target.as_str();
+        match self.mode {
+            PutMode::Overwrite => {
+                if let Err(e) = self.fs.rename(&self.temp, target).await {
+                    self.fs.discard(&self.temp);
+                    return Err(map_err(&*self.fs, "rename", target, e));
+                }
+            }
+            PutMode::IfAbsent => {
+                let linked = self.fs.link(&self.temp, target).await;
+                let _ = self.fs.unlink(&self.temp).await;
+                if let Err(e) = linked {
+                    return Err(map_err(&*self.fs, "link", target, e));
+                }
+            }
+        }
+        // Point of no return: once the parent is synced the new name survives.
+        let parent = self.parent();
+        self.fs
+            .fsync_dir(&parent)
+            .await
+            .map_err(|e| sync_err(&*self.fs, &parent, e))
+    }
+
+    async fn abort(self: Box<Self>) -> DriverResult<()> {
+        Ok(()) // Drop discards the temp file.
+    }
+}
+
+impl<F: PosixFs> Drop for PosixWriter<F> {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            drop(file);
+            self.fs.discard(&self.temp);
+        }
+    }
+}
+
+impl<F: PosixFs> fmt::Debug for PosixWriter<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PosixWriter")
+            .field("target", &self.target)
+            .field("written", &self.written)
+            .finish()
+    }
+}

@@ -1,0 +1,648 @@
+//! `sim`: an in-memory disk that loses power like a real one.
+//!
+//! madsim's own fs does not model power failure (its `sync_all` is a no-op),
+//! so this is ours (DESIGN §3). The model, per POSIX and ext4/xfs practice:
+//!
+//! - A file's **data** survives a crash only up to its last `fsync`.
+//! - A **directory entry** (create, rename, link, unlink, mkdir, rmdir)
+//!   survives only once its directory is fsynced. Each directory's entries
+//!   are persisted independently of every other directory's.
+//! - After a crash, an entry whose parent directory did not survive is gone.
+//! - Optionally the last unsynced write is **torn**: a prefix of it survives.
+//! - A **capacity** makes writes fail with "no space" and change nothing.
+//!
+//! Everything is deterministic: ordered maps, counters, a seeded generator.
+//! The disk lives outside the simulated node, so it outlives a killed
+//! engine; [`SimDisk::crash`] is the power cut.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::DriverError;
+use super::posix::{FsStat, PosixDriver, PosixFs};
+use crate::sync::unmodeled::Mutex;
+
+/// `sim` driver: the same [`PosixDriver`] as `fs`, over a [`SimDisk`].
+pub type SimDriver = PosixDriver<Arc<SimDisk>>;
+
+impl SimDriver {
+    /// A driver over `disk`; keep a clone of the `Arc` to crash the disk.
+    pub fn on(disk: Arc<SimDisk>) -> SimDriver {
+        PosixDriver::new(disk)
+    }
+
+    pub fn disk(&self) -> &Arc<SimDisk> {
+        self.filesystem()
+    }
+}
+
+/// Faults to inject, all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimFaults {
+    /// Total bytes of file data the disk holds; writes beyond fail with no space.
+    pub capacity: Option<u64>,
+    /// Lose power when the disk has served this many calls (counted from the
+    /// last power-on): the disk reverts to its durable image and refuses every
+    /// call until [`SimDisk::power_on`].
+    pub crash_after_ops: Option<u64>,
+    /// From this many calls on, every call that would allocate (create, write,
+    /// mkdir, link) fails with no space, until cleared.
+    pub no_space_after_ops: Option<u64>,
+    /// On a crash, keep a random prefix of the last unsynced write.
+    pub torn_writes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File(u64),
+}
+
+#[derive(Debug, Default)]
+struct Inode {
+    live: Vec<u8>,
+    /// What a crash leaves: the bytes at the last fsync.
+    durable: Vec<u8>,
+    modified: Option<SystemTime>,
+    /// Open handles; space is freed when this and `links` reach 0.
+    open: u32,
+    /// Live names pointing here (kept in step by `set_entry`/`remove_entry`).
+    links: u64,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    inodes: BTreeMap<u64, Inode>,
+    next_inode: u64,
+    /// Namespace as running programs see it. The root `""` is implicit.
+    live: BTreeMap<String, Entry>,
+    /// Namespace as a crash would leave it.
+    durable: BTreeMap<String, Entry>,
+    /// Bumped by every crash: handles from before it are dead.
+    generation: u64,
+    powered_off: bool,
+    faults: SimFaults,
+    ops_since_power_on: u64,
+    /// `(inode, length before)` of the last unsynced write, for tearing.
+    last_write: Option<(u64, usize)>,
+    rng: u64,
+    crashes: u64,
+}
+
+/// The crash payload carried inside `io::Error` so the driver reports
+/// [`DriverError::Crashed`], not a generic I/O error.
+#[derive(Debug)]
+struct PowerLoss;
+
+impl fmt::Display for PowerLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the simulated disk lost power")
+    }
+}
+
+impl std::error::Error for PowerLoss {}
+
+/// The in-memory disk with a power-failure model.
+#[derive(Debug)]
+pub struct SimDisk {
+    state: Mutex<DiskState>,
+}
+
+/// A handle to an open file: dead after a crash.
+#[derive(Debug)]
+pub struct SimFile {
+    inode: u64,
+    generation: u64,
+    disk: Arc<SimDisk>,
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        let mut st = self.disk.state.lock().unwrap();
+        if st.generation == self.generation
+            && let Some(inode) = st.inodes.get_mut(&self.inode)
+        {
+            inode.open -= 1;
+        }
+        st.collect_garbage();
+    }
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+fn err(kind: io::ErrorKind) -> io::Error {
+    io::Error::from(kind)
+}
+
+impl DiskState {
+    /// Every call passes here first: power, the op counter, crash injection.
+    fn enter(&mut self, allocates: bool) -> io::Result<()> {
+        if self.powered_off {
+            return Err(io::Error::other(PowerLoss));
+        }
+        self.ops_since_power_on += 1;
+        if self
+            .faults
+            .crash_after_ops
+            .is_some_and(|k| self.ops_since_power_on > k)
+        {
+            self.lose_power();
+            return Err(io::Error::other(PowerLoss));
+        }
+        if allocates
+            && self
+                .faults
+                .no_space_after_ops
+                .is_some_and(|k| self.ops_since_power_on > k)
+        {
+            return Err(err(io::ErrorKind::StorageFull));
+        }
+        Ok(())
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: tiny, deterministic, good enough to pick a tear point.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn used(&self) -> u64 {
+        self.inodes
+            .values()
+            .filter(|inode| inode.open > 0 || inode.links > 0)
+            .map(|inode| inode.live.len() as u64)
+            .sum()
+    }
+
+    /// Every live namespace change goes through here and `remove_entry`, so
+    /// link counts cannot drift from the namespace.
+    fn set_entry(&mut self, path: &str, entry: Entry) {
+        if let Entry::File(id) = entry {
+            self.inodes.get_mut(&id).expect("linked inode exists").links += 1;
+        }
+        if let Some(old) = self.live.insert(path.to_owned(), entry) {
+            self.unlinked(old);
+        }
+    }
+
+    fn remove_entry(&mut self, path: &str) {
+        if let Some(old) = self.live.remove(path) {
+            self.unlinked(old);
+        }
+    }
+
+    fn unlinked(&mut self, entry: Entry) {
+        if let Entry::File(id) = entry
+            && let Some(inode) = self.inodes.get_mut(&id)
+        {
+            inode.links -= 1;
+        }
+    }
+
+    fn is_dir(&self, path: &str) -> bool {
+        path.is_empty() || self.live.get(path) == Some(&Entry::Dir)
+    }
+
+    fn is_empty_dir(&self, path: &str) -> bool {
+        let prefix = format!("{path}/");
+        self.is_dir(path)
+            && !self
+                .live
+                .range(prefix.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&prefix))
+    }
+
+    /// The parent must exist and be a directory.
+    fn check_parent(&self, path: &str) -> io::Result<()> {
+        let parent = parent_of(path);
+        if self.is_dir(parent) {
+            Ok(())
+        } else if self.live.contains_key(parent) {
+            Err(err(io::ErrorKind::NotADirectory))
+        } else {
+            Err(err(io::ErrorKind::NotFound))
+        }
+    }
+
+    fn file(&self, path: &str) -> io::Result<u64> {
+        match self.live.get(path) {
+            Some(Entry::File(id)) => Ok(*id),
+            Some(Entry::Dir) => Err(err(io::ErrorKind::IsADirectory)),
+            None => Err(err(io::ErrorKind::NotFound)),
+        }
+    }
+
+    fn handle<'a>(&'a mut self, file: &SimFile) -> io::Result<&'a mut Inode> {
+        if file.generation != self.generation {
+            return Err(io::Error::other(PowerLoss));
+        }
+        Ok(self.inodes.get_mut(&file.inode).expect("open inode exists"))
+    }
+
+    /// Drops inodes no name (live or durable) and no handle refers to.
+    fn collect_garbage(&mut self) {
+        let referenced: BTreeSet<u64> = self
+            .live
+            .values()
+            .chain(self.durable.values())
+            .filter_map(|e| match e {
+                Entry::File(id) => Some(*id),
+                Entry::Dir => None,
+            })
+            .collect();
+        self.inodes
+            .retain(|id, inode| inode.open > 0 || referenced.contains(id));
+    }
+
+    fn lose_power(&mut self) {
+        self.crashes += 1;
+        self.generation += 1;
+        self.powered_off = true;
+        let torn = self.last_write.take().filter(|_| self.faults.torn_writes);
+        let tear = torn.map(|t| (t, self.next_random()));
+        for (id, inode) in &mut self.inodes {
+            inode.open = 0;
+            let mut survivor = inode.durable.clone();
+            // A tear keeps part of the last write, and only when that write
+            // extended what was durable (an append, as our writers do).
+            if let Some(((torn_id, before), r)) = tear
+                && torn_id == *id
+                && before == survivor.len()
+                && inode.live.len() > before
+                && inode.live.starts_with(&survivor)
+            {
+                let extra = (r % (inode.live.len() - before) as u64) as usize;
+                survivor.extend_from_slice(&inode.live[before..before + extra]);
+            }
+            inode.live = survivor;
+        }
+        // Only entries whose whole directory chain survived are reachable.
+        let mut live = BTreeMap::new();
+        for (path, entry) in &self.durable {
+            let parent = parent_of(path);
+            if parent.is_empty() || live.get(parent) == Some(&Entry::Dir) {
+                live.insert(path.clone(), *entry);
+            }
+        }
+        for inode in self.inodes.values_mut() {
+            inode.links = 0;
+        }
+        for entry in live.values() {
+            if let Entry::File(id) = entry {
+                self.inodes.get_mut(id).expect("durable inode exists").links += 1;
+            }
+        }
+        self.durable = live.clone();
+        self.live = live;
+        self.collect_garbage();
+    }
+}
+
+impl SimDisk {
+    pub fn new() -> Arc<SimDisk> {
+        SimDisk::with_faults(SimFaults::default(), 0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// A disk with `faults`; `seed` drives tear points.
+    pub fn with_faults(faults: SimFaults, seed: u64) -> Arc<SimDisk> {
+        Arc::new(SimDisk {
+            state: Mutex::new(DiskState {
+                faults,
+                rng: seed | 1,
+                ..DiskState::default()
+            }),
+        })
+    }
+
+    pub fn set_faults(&self, faults: SimFaults) {
+        self.state.lock().unwrap().faults = faults;
+    }
+
+    pub fn faults(&self) -> SimFaults {
+        self.state.lock().unwrap().faults.clone()
+    }
+
+    /// Power cut and immediate restart: everything not durable is lost.
+    pub fn crash(&self) {
+        let mut st = self.state.lock().unwrap();
+        if !st.powered_off {
+            st.lose_power();
+        }
+        st.powered_off = false;
+        st.ops_since_power_on = 0;
+    }
+
+    /// Power cut; calls fail with [`DriverError::Crashed`] until [`SimDisk::power_on`].
+    pub fn power_off(&self) {
+        let mut st = self.state.lock().unwrap();
+        if !st.powered_off {
+            st.lose_power();
+        }
+    }
+
+    /// Restores power (after a crash, an injected crash, or `power_off`);
+    /// the op counter for `crash_after_ops` starts again from zero.
+    pub fn power_on(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.powered_off = false;
+        st.ops_since_power_on = 0;
+    }
+
+    pub fn is_powered_off(&self) -> bool {
+        self.state.lock().unwrap().powered_off
+    }
+
+    /// Calls served since the last power-on.
+    pub fn ops_since_power_on(&self) -> u64 {
+        self.state.lock().unwrap().ops_since_power_on
+    }
+
+    /// Power losses so far.
+    pub fn crashes(&self) -> u64 {
+        self.state.lock().unwrap().crashes
+    }
+
+    /// Bytes of file data held (what `capacity` limits).
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().unwrap().used()
+    }
+
+    /// Every file path and its bytes as a crash right now would leave them,
+    /// without crashing. For checkers that compare images.
+    pub fn durable_image(&self) -> BTreeMap<String, Vec<u8>> {
+        let st = self.state.lock().unwrap();
+        st.durable
+            .iter()
+            .filter_map(|(p, e)| match e {
+                Entry::File(id) => Some((p.clone(), st.inodes[id].durable.clone())),
+                Entry::Dir => None,
+            })
+            .collect()
+    }
+
+    fn with<T>(
+        self: &Arc<Self>,
+        allocates: bool,
+        f: impl FnOnce(&mut DiskState) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut st = self.state.lock().unwrap();
+        st.enter(allocates)?;
+        f(&mut st)
+    }
+}
+
+#[async_trait]
+impl PosixFs for Arc<SimDisk> {
+    type File = SimFile;
+
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    async fn create_new(&self, path: &str) -> io::Result<SimFile> {
+        let (inode, generation) = self.with(true, |st| {
+            st.check_parent(path)?;
+            if st.live.contains_key(path) {
+                return Err(err(io::ErrorKind::AlreadyExists));
+            }
+            let id = st.next_inode;
+            st.next_inode += 1;
+            st.inodes.insert(
+                id,
+                Inode {
+                    modified: Some(SystemTime::now()),
+                    open: 1,
+                    ..Inode::default()
+                },
+            );
+            st.set_entry(path, Entry::File(id));
+            Ok((id, st.generation))
+        })?;
+        Ok(SimFile {
+            inode,
+            generation,
+            disk: self.clone(),
+        })
+    }
+
+    async fn write(&self, file: &mut SimFile, data: Bytes) -> io::Result<()> {
+        self.with(true, |st| {
+            if let Some(cap) = st.faults.capacity
+                && st.used() + data.len() as u64 > cap
+            {
+                return Err(err(io::ErrorKind::StorageFull));
+            }
+            let inode = st.handle(file)?;
+            let before = inode.live.len();
+            inode.live.extend_from_slice(&data);
+            inode.modified = Some(SystemTime::now());
+            st.last_write = Some((file.inode, before));
+            Ok(())
+        })
+    }
+
+    async fn fsync(&self, file: &mut SimFile) -> io::Result<()> {
+        self.with(false, |st| {
+            let inode = st.handle(file)?;
+            inode.durable = inode.live.clone();
+            if st.last_write.is_some_and(|(id, _)| id == file.inode) {
+                st.last_write = None;
+            }
+            Ok(())
+        })
+    }
+
+    async fn read_at(&self, path: &str, range: Range<u64>) -> io::Result<Bytes> {
+        self.with(false, |st| {
+            let id = st.file(path)?;
+            let data = &st.inodes[&id].live;
+            let (start, end) = (range.start as usize, range.end as usize);
+            if end > data.len() || start > end {
+                return Err(err(io::ErrorKind::UnexpectedEof));
+            }
+            Ok(Bytes::copy_from_slice(&data[start..end]))
+        })
+    }
+
+    async fn stat(&self, path: &str) -> io::Result<FsStat> {
+        self.with(false, |st| match st.live.get(path) {
+            _ if path.is_empty() => Ok(dir_stat()),
+            Some(Entry::Dir) => Ok(dir_stat()),
+            Some(Entry::File(id)) => {
+                let inode = &st.inodes[id];
+                Ok(FsStat {
+                    is_dir: false,
+                    size: inode.live.len() as u64,
+                    modified: inode.modified.unwrap_or(SystemTime::UNIX_EPOCH),
+                    links: inode.links,
+                })
+            }
+            None => {
+                st.check_parent(path)?;
+                Err(err(io::ErrorKind::NotFound))
+            }
+        })
+    }
+
+    async fn mkdir(&self, path: &str) -> io::Result<()> {
+        self.with(true, |st| {
+            st.check_parent(path)?;
+            if st.live.contains_key(path) {
+                return Err(err(io::ErrorKind::AlreadyExists));
+            }
+            st.set_entry(path, Entry::Dir);
+            Ok(())
+        })
+    }
+
+    async fn rmdir(&self, path: &str) -> io::Result<()> {
+        self.with(false, |st| {
+            if !st.is_dir(path) || path.is_empty() {
+                return Err(err(io::ErrorKind::NotFound));
+            }
+            if !st.is_empty_dir(path) {
+                return Err(err(io::ErrorKind::DirectoryNotEmpty));
+            }
+            st.remove_entry(path);
+            Ok(())
+        })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.with(false, |st| {
+            let id = st.file(from)?;
+            st.check_parent(to)?;
+            if st.is_dir(to) {
+                return Err(err(io::ErrorKind::IsADirectory));
+            }
+            if from == to {
+                return Ok(());
+            }
+            st.set_entry(to, Entry::File(id));
+            st.remove_entry(from);
+            st.collect_garbage();
+            Ok(())
+        })
+    }
+
+    async fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        self.with(true, |st| {
+            let id = st.file(from)?;
+            st.check_parent(to)?;
+            if st.live.contains_key(to) {
+                return Err(err(io::ErrorKind::AlreadyExists));
+            }
+            st.set_entry(to, Entry::File(id));
+            Ok(())
+        })
+    }
+
+    async fn unlink(&self, path: &str) -> io::Result<()> {
+        self.with(false, |st| {
+            match st.live.get(path) {
+                Some(Entry::File(_)) => {}
+                Some(Entry::Dir) => return Err(err(io::ErrorKind::NotFound)),
+                None => {
+                    st.check_parent(path)?;
+                    return Err(err(io::ErrorKind::NotFound));
+                }
+            }
+            st.remove_entry(path);
+            st.collect_garbage();
+            Ok(())
+        })
+    }
+
+    async fn fsync_dir(&self, path: &str) -> io::Result<()> {
+        self.with(false, |st| {
+            if !st.is_dir(path) {
+                return Err(err(io::ErrorKind::NotFound));
+            }
+            // Persist exactly this directory's entries: the children present
+            // now, and the removal of children no longer present.
+            let children = |map: &BTreeMap<String, Entry>| -> Vec<String> {
+                map.keys()
+                    .filter(|k| parent_of(k) == path && !k.is_empty())
+                    .cloned()
+                    .collect()
+            };
+            for gone in children(&st.durable) {
+                if !st.live.contains_key(&gone) {
+                    st.durable.remove(&gone);
+                }
+            }
+            for child in children(&st.live) {
+                let entry = st.live[&child];
+                st.durable.insert(child, entry);
+            }
+            st.collect_garbage();
+            Ok(())
+        })
+    }
+
+    async fn read_dir(&self, path: &str) -> io::Result<Vec<(String, bool)>> {
+        self.with(false, |st| {
+            if !st.is_dir(path) {
+                return Err(if st.live.contains_key(path) {
+                    err(io::ErrorKind::NotADirectory)
+                } else {
+                    err(io::ErrorKind::NotFound)
+                });
+            }
+            let prefix = if path.is_empty() {
+                String::new()
+            } else {
+                format!("{path}/")
+            };
+            Ok(st
+                .live
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .filter(|(k, _)| !k[prefix.len()..].contains('/'))
+                .map(|(k, e)| (k[prefix.len()..].to_owned(), *e == Entry::Dir))
+                .collect())
+        })
+    }
+
+    fn discard(&self, temp: &str) {
+        let _ = self.with(false, |st| {
+            if matches!(st.live.get(temp), Some(Entry::File(_))) {
+                st.remove_entry(temp);
+                let mut dir = parent_of(temp);
+                while !dir.is_empty() && st.is_empty_dir(dir) {
+                    st.remove_entry(dir);
+                    dir = parent_of(dir);
+                }
+                st.collect_garbage();
+            }
+            Ok(())
+        });
+    }
+
+    fn classify(&self, e: &io::Error) -> Option<DriverError> {
+        e.get_ref()
+            .is_some_and(|inner| inner.is::<PowerLoss>())
+            .then_some(DriverError::Crashed { driver: "sim" })
+    }
+}
+
+fn dir_stat() -> FsStat {
+    FsStat {
+        is_dir: true,
+        size: 0,
+        modified: SystemTime::UNIX_EPOCH,
+        links: 1,
+    }
+}
