@@ -266,7 +266,8 @@ mod tests {
     #[test]
     fn hostile_digests_are_refused_with_the_reason() {
         let hex64 = "a".repeat(64);
-        let cases: Vec<(String, fn(&DigestError) -> bool)> = vec![
+        type Check = fn(&DigestError) -> bool;
+        let cases: Vec<(String, Check)> = vec![
             ("".into(), |e| matches!(e, DigestError::MissingSeparator(_))),
             (hex64.clone(), |e| {
                 matches!(e, DigestError::MissingSeparator(_))

@@ -187,6 +187,72 @@ pub trait Driver: Send + Sync + fmt::Debug {
     async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()>;
 }
 
+/// `Box<dyn Driver>` and `Arc<dyn Driver>` are drivers too, so wrappers and
+/// the store can hold a driver chosen at run time.
+macro_rules! forward_driver {
+    ($ptr:ident) => {
+        #[async_trait]
+        impl<D: Driver + ?Sized> Driver for $ptr<D> {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
+                (**self).stat(path).await
+            }
+            async fn get(
+                &self,
+                path: &DriverPath,
+                range: Option<Range<u64>>,
+            ) -> DriverResult<Bytes> {
+                (**self).get(path, range).await
+            }
+            async fn writer(
+                &self,
+                path: &DriverPath,
+                mode: PutMode,
+            ) -> DriverResult<Box<dyn BlobWriter>> {
+                (**self).writer(path, mode).await
+            }
+            async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
+                (**self).put(path, data, mode).await
+            }
+            async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
+                (**self).list(prefix).await
+            }
+            async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
+                (**self).list_dir(prefix).await
+            }
+            async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
+                (**self).delete(path).await
+            }
+            async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+                (**self).hard_link(src, dst).await
+            }
+            async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+                (**self).rename(src, dst).await
+            }
+            async fn copy(
+                &self,
+                src: &DriverPath,
+                dst: &DriverPath,
+                mode: PutMode,
+            ) -> DriverResult<()> {
+                (**self).copy(src, dst, mode).await
+            }
+            async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
+                (**self).sync_dir(dir).await
+            }
+        }
+    };
+}
+
+use std::sync::Arc;
+forward_driver!(Box);
+forward_driver!(Arc);
+
 /// Reads ranges in chunks so that a caller can stream a large object
 /// without holding it whole; shared by `copy` implementations.
 pub(crate) const COPY_CHUNK: u64 = 4 << 20;

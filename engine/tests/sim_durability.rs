@@ -1,0 +1,345 @@
+//! The simulated disk's durability model, and the commit protocol under it.
+//!
+//! First the model's own rules, one test each (unsynced data, entries of an
+//! unsynced directory, capacity). Then sweeps: crash after the k-th disk call
+//! of a workload, for every k, and check that every object is either its old
+//! bytes or its complete new bytes, and that every acknowledged write survived.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use engine::driver::posix::PosixFs;
+use engine::driver::{
+    Driver, DriverError, DriverPath, PutMode, SimDisk, SimDriver, SimFaults, conformance::pattern,
+};
+
+fn p(s: &str) -> DriverPath {
+    DriverPath::new(s).unwrap()
+}
+
+fn image(disk: &SimDisk) -> BTreeMap<String, Vec<u8>> {
+    disk.durable_image()
+}
+
+#[tokio::test]
+async fn unsynced_data_is_lost_synced_data_survives() {
+    let disk = SimDisk::new();
+    let mut f = disk.create_new("f").await.unwrap();
+    disk.fsync_dir("").await.unwrap();
+    disk.write(&mut f, Bytes::from_static(b"lost"))
+        .await
+        .unwrap();
+    drop(f);
+    disk.crash();
+    assert_eq!(
+        image(&disk)["f"],
+        b"",
+        "data written without fsync survived"
+    );
+
+    let mut f = disk.create_new("g").await.unwrap();
+    disk.write(&mut f, Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    disk.fsync(&mut f).await.unwrap();
+    disk.fsync_dir("").await.unwrap();
+    disk.write(&mut f, Bytes::from_static(b"+tail"))
+        .await
+        .unwrap();
+    disk.crash();
+    assert_eq!(image(&disk)["g"], b"kept");
+    // The handle died with the power.
+    let err = disk
+        .write(&mut f, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(disk.classify(&err), Some(DriverError::Crashed { .. })),
+        "{err:?}"
+    );
+}
+
+async fn durable_file(disk: &Arc<SimDisk>, path: &str, data: &'static [u8]) {
+    let mut f = disk.create_new(path).await.unwrap();
+    disk.write(&mut f, Bytes::from_static(data)).await.unwrap();
+    disk.fsync(&mut f).await.unwrap();
+    let parent = path.rsplit_once('/').map_or("", |(d, _)| d);
+    disk.fsync_dir(parent).await.unwrap();
+}
+
+#[tokio::test]
+async fn rename_needs_the_directory_fsync() {
+    let disk = SimDisk::new();
+    durable_file(&disk, "a", b"1").await;
+    disk.rename("a", "b").await.unwrap();
+    disk.crash();
+    assert_eq!(image(&disk).keys().collect::<Vec<_>>(), ["a"]);
+
+    disk.rename("a", "b").await.unwrap();
+    disk.fsync_dir("").await.unwrap();
+    disk.crash();
+    assert_eq!(image(&disk).keys().collect::<Vec<_>>(), ["b"]);
+}
+
+#[tokio::test]
+async fn link_and_unlink_need_the_directory_fsync() {
+    let disk = SimDisk::new();
+    disk.mkdir("d").await.unwrap();
+    disk.fsync_dir("").await.unwrap();
+    durable_file(&disk, "a", b"1").await;
+    disk.link("a", "d/b").await.unwrap();
+    disk.fsync_dir("").await.unwrap(); // the wrong directory
+    disk.crash();
+    assert!(
+        !image(&disk).contains_key("d/b"),
+        "link survived without its dir fsync"
+    );
+    assert_eq!(
+        disk.stat("a").await.unwrap().links,
+        1,
+        "link count not rebuilt"
+    );
+
+    disk.link("a", "d/b").await.unwrap();
+    disk.fsync_dir("d").await.unwrap();
+    disk.unlink("a").await.unwrap();
+    disk.crash();
+    assert_eq!(
+        image(&disk).keys().collect::<Vec<_>>(),
+        ["a", "d/b"],
+        "unsynced unlink survived"
+    );
+    assert_eq!(disk.stat("a").await.unwrap().links, 2);
+
+    disk.unlink("a").await.unwrap();
+    disk.fsync_dir("").await.unwrap();
+    disk.crash();
+    assert_eq!(image(&disk).keys().collect::<Vec<_>>(), ["d/b"]);
+}
+
+#[tokio::test]
+async fn entries_of_an_unreachable_directory_are_lost() {
+    let disk = SimDisk::new();
+    disk.mkdir("new").await.unwrap();
+    durable_file(&disk, "new/f", b"data").await; // fsyncs "new", not the root
+    disk.crash();
+    assert!(
+        image(&disk).is_empty(),
+        "a file survived in a directory that did not"
+    );
+    assert!(disk.stat("new").await.is_err());
+}
+
+#[tokio::test]
+async fn the_driver_makes_new_directories_durable() {
+    let disk = SimDisk::new();
+    let d = SimDriver::on(disk.clone());
+    d.put(&p("a/b/c/obj"), pattern(1, 100), PutMode::IfAbsent)
+        .await
+        .unwrap();
+    disk.crash();
+    assert_eq!(image(&disk)["a/b/c/obj"], pattern(1, 100).to_vec());
+}
+
+#[tokio::test]
+async fn capacity_stops_a_write_midway_and_nothing_becomes_visible() {
+    let disk = SimDisk::with_faults(
+        SimFaults {
+            capacity: Some(10_000),
+            ..SimFaults::default()
+        },
+        1,
+    );
+    let d = SimDriver::on(disk.clone());
+    d.put(&p("keep"), pattern(1, 6_000), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let mut w = d.writer(&p("big"), PutMode::IfAbsent).await.unwrap();
+    w.write(pattern(2, 3_000)).await.unwrap();
+    let err = w.write(pattern(3, 3_000)).await.unwrap_err();
+    assert!(err.is_no_space(), "{err:?}");
+    drop(w);
+    // An overwrite that does not fit leaves the old bytes in place.
+    let err = d
+        .put(&p("keep"), pattern(4, 9_000), PutMode::Overwrite)
+        .await
+        .unwrap_err();
+    assert!(err.is_no_space(), "{err:?}");
+    assert_eq!(d.list(None).await.unwrap(), vec![p("keep")]);
+    assert_eq!(d.get(&p("keep"), None).await.unwrap(), pattern(1, 6_000));
+    assert_eq!(
+        disk.used_bytes(),
+        6_000,
+        "the failed writes still hold space"
+    );
+    // Freeing space is the cure.
+    d.delete(&p("keep")).await.unwrap();
+    d.put(&p("big"), pattern(5, 9_000), PutMode::IfAbsent)
+        .await
+        .unwrap();
+    assert_eq!(d.get(&p("big"), None).await.unwrap(), pattern(5, 9_000));
+}
+
+/// What the sweep's workload may leave at each path after a crash.
+#[derive(Debug, Default)]
+struct Expect {
+    /// Allowed contents (`None`: absent) for every path the workload touches.
+    allowed: BTreeMap<&'static str, Vec<Option<Bytes>>>,
+    /// Contents that were acknowledged: anything older is a lost write.
+    acked: BTreeMap<&'static str, Option<Bytes>>,
+}
+
+impl Expect {
+    fn allow(&mut self, path: &'static str, v: Option<Bytes>) {
+        self.allowed.entry(path).or_default().push(v);
+    }
+}
+
+/// A workload over every kind of mutation, recording as it goes which
+/// outcomes are allowed and which are acknowledged. Stops at the first error
+/// (the crash), as an engine would.
+async fn workload(d: &dyn Driver, e: &mut Expect) -> Result<(), DriverError> {
+    let v = |seed: u64, len: usize| Some(pattern(seed, len));
+    e.allow("r/old", None);
+    e.allow("r/old", v(2, 3000));
+    e.allow("r/new", v(3, 5000));
+    d.put(&p("r/new"), pattern(3, 5000), PutMode::IfAbsent)
+        .await?;
+    e.acked.insert("r/new", v(3, 5000));
+
+    d.put(&p("r/old"), pattern(2, 3000), PutMode::Overwrite)
+        .await?;
+    e.acked.insert("r/old", v(2, 3000));
+
+    e.allow("blobs/x", v(4, 70_000));
+    let mut w = d.writer(&p("blobs/x"), PutMode::IfAbsent).await?;
+    for i in 0..7 {
+        w.write(pattern(4, 70_000).slice(i * 10_000..(i + 1) * 10_000))
+            .await?;
+    }
+    w.commit().await?;
+    e.acked.insert("blobs/x", v(4, 70_000));
+
+    e.allow("repo/blobs/x", v(4, 70_000));
+    d.hard_link(&p("blobs/x"), &p("repo/blobs/x")).await?;
+    d.sync_dir(Some(&p("repo/blobs"))).await?;
+    e.acked.insert("repo/blobs/x", v(4, 70_000));
+
+    d.delete(&p("r/new")).await?;
+    d.sync_dir(Some(&p("r"))).await?;
+    e.acked.insert("r/new", None);
+    Ok(())
+}
+
+/// Runs the workload with a crash after every possible disk call.
+async fn crash_sweep(torn_writes: bool) -> u64 {
+    let mut k = 0;
+    loop {
+        let disk = SimDisk::with_faults(SimFaults::default(), k + 1);
+        let d = SimDriver::on(disk.clone());
+        d.put(&p("r/old"), pattern(1, 2000), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let mut e = Expect::default();
+        e.allow("r/old", Some(pattern(1, 2000)));
+        e.allow("r/new", None);
+        e.allow("blobs/x", None);
+        e.allow("repo/blobs/x", None);
+        e.acked.insert("r/old", Some(pattern(1, 2000)));
+        disk.set_faults(SimFaults {
+            crash_after_ops: Some(k),
+            torn_writes,
+            ..SimFaults::default()
+        });
+        let finished = workload(&d, &mut e).await;
+        if finished.is_ok() {
+            assert!(!disk.is_powered_off());
+            return k; // the workload fits in k calls: every crash point was tried
+        }
+        let err = finished.unwrap_err();
+        assert!(matches!(err, DriverError::Crashed { .. }), "k={k}: {err:?}");
+        disk.set_faults(SimFaults::default());
+        disk.power_on();
+
+        let after = image(&disk);
+        for (path, allowed) in &e.allowed {
+            let got = after.get(*path).map(|b| Bytes::from(b.clone()));
+            assert!(
+                allowed.contains(&got),
+                "k={k}: {path} holds {:?} bytes, allowed {:?}",
+                got.as_ref().map(Bytes::len),
+                allowed
+                    .iter()
+                    .map(|a| a.as_ref().map(Bytes::len))
+                    .collect::<Vec<_>>()
+            );
+        }
+        for (path, acked) in &e.acked {
+            let got = after.get(*path).map(|b| Bytes::from(b.clone()));
+            assert_eq!(&got, acked, "k={k}: acknowledged state of {path} lost");
+        }
+        for path in after.keys() {
+            assert!(
+                e.allowed.contains_key(path.as_str()) || path.contains(".ocistore"),
+                "k={k}: stray {path}"
+            );
+        }
+        // Whatever the crash left, the driver works on: listing hides temp
+        // files, and the whole workload can be redone.
+        for listed in d.list(None).await.unwrap() {
+            assert!(
+                e.allowed.contains_key(listed.as_str()),
+                "k={k}: listed {listed}"
+            );
+        }
+        k += 1;
+    }
+}
+
+#[tokio::test]
+async fn crash_after_every_disk_call_loses_nothing_acknowledged() {
+    let calls = crash_sweep(false).await;
+    assert!(calls > 20, "the sweep covered only {calls} calls");
+}
+
+#[tokio::test]
+async fn torn_writes_never_become_visible() {
+    crash_sweep(true).await;
+}
+
+#[tokio::test]
+async fn no_space_at_every_call_changes_nothing_and_retry_succeeds() {
+    let mut k = 0;
+    loop {
+        let disk = SimDisk::new();
+        let d = SimDriver::on(disk.clone());
+        d.put(&p("r/old"), pattern(1, 2000), PutMode::Overwrite)
+            .await
+            .unwrap();
+        disk.set_faults(SimFaults {
+            no_space_after_ops: Some(k),
+            ..SimFaults::default()
+        });
+        let mut e = Expect::default();
+        let result = workload(&d, &mut e).await;
+        if result.is_ok() {
+            break;
+        }
+        let err = result.unwrap_err();
+        assert!(err.is_no_space(), "k={k}: {err:?}");
+        // Everything acknowledged before the failure is intact...
+        for (path, acked) in &e.acked {
+            let got = d.get(&p(path), None).await.ok();
+            assert_eq!(&got, acked, "k={k}: {path}");
+        }
+        // ...and once space is back the same workload completes.
+        disk.set_faults(SimFaults::default());
+        for path in ["r/new", "blobs/x", "repo/blobs/x"] {
+            d.delete(&p(path)).await.unwrap();
+        }
+        workload(&d, &mut Expect::default()).await.unwrap();
+        k += 1;
+    }
+    assert!(k > 5, "no-space was injected at only {k} points");
+}
