@@ -6,15 +6,28 @@
 //! GC, and crash-safe migration from the legacy layout.
 //!
 //! Read top-down:
-//! - [`digest`]: content digests, validated, hashed while streaming.
+//! - [`store`]: the operations (repos, uploads, blobs, manifests, referrers, fsck).
+//! - [`lock`]: the lock manager, the three policies, the lock-plan table.
+//! - [`layout`]: where blobs live and how references are recorded (legacy, blobstore).
+//! - [`meta`]: what the filesystem cannot say (reference rows, dedupe index, progress).
 //! - [`driver`]: where bytes live (`fs`, `object`, `sim`) and the durability contract.
-//! - [`meta`]: what the filesystem cannot say (reference index, migration progress).
+//! - [`oci`], [`digest`]: names, manifests and digests, validated at the edge.
 //!
 //! `sync` is the single choke point for concurrency primitives.
 
 pub mod digest;
 pub mod driver;
+pub mod error;
+pub mod layout;
+pub mod lock;
 pub mod meta;
+pub mod oci;
+pub mod store;
 mod sync;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
+pub use error::{ErrorCode, StoreError, StoreResult};
+pub use layout::LayoutKind;
+pub use lock::LockPolicy;
+pub use oci::{Reference, RepoName, Tag};
+pub use store::{Store, StoreConfig};

@@ -1,6 +1,7 @@
 //! The one place that decides where concurrency primitives come from
-//! (tokio's shim idea): tokio normally (madsim drives it in the simulator),
-//! loom under `cfg(loom)`. No other file names tokio's locks or loom.
+//! (tokio's `loom` shim idea): tokio normally (madsim drives it in the
+//! simulator), loom under `cfg(loom)`. No other file names tokio's locks,
+//! tokio's clock or loom.
 
 use std::time::Duration;
 
@@ -12,16 +13,132 @@ pub(crate) mod unmodeled {
     pub(crate) use std::sync::Mutex;
 }
 
-/// Sleeps for `d`: real time normally, virtual time under madsim. Under loom
-/// time does not exist; a sleep is a yield point.
 #[cfg(not(loom))]
-pub(crate) async fn sleep(d: Duration) {
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
+mod imp {
+    pub(crate) use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+    pub(crate) use tokio::time::Instant;
+
+    pub(crate) async fn sleep(d: std::time::Duration) {
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
     }
 }
 
 #[cfg(loom)]
-pub(crate) async fn sleep(_d: Duration) {
-    loom::thread::yield_now();
+mod imp {
+    pub(crate) use super::fair::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+    pub(crate) use std::time::Instant;
+
+    /// Time does not exist under loom; a sleep is a yield point.
+    pub(crate) async fn sleep(_d: std::time::Duration) {
+        loom::thread::yield_now();
+    }
+}
+
+pub(crate) use imp::{Instant, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+pub(crate) async fn sleep(d: Duration) {
+    imp::sleep(d).await
+}
+
+/// A reader-writer lock with tokio's fairness, for loom.
+///
+/// loom's own RwLock lets a reader pass a queued writer, which hides the
+/// stall production sees (zot #4349: readers queued behind a waiting writer
+/// behind a long reader). tokio's RwLock is FIFO: nobody overtakes an
+/// earlier waiter, so a queued writer blocks every later reader. This lock
+/// grants strictly in ticket order, with consecutive readers sharing.
+#[cfg(loom)]
+mod fair {
+    use std::sync::Arc;
+
+    use loom::sync::{Condvar, Mutex};
+
+    #[derive(Debug, Default)]
+    struct State {
+        next_ticket: u64,
+        /// The oldest ticket not yet granted.
+        serving: u64,
+        readers: u32,
+        writer: bool,
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct RwLock<T> {
+        state: Mutex<State>,
+        cond: Condvar,
+        _value: T,
+    }
+
+    impl<T> RwLock<T> {
+        pub(crate) fn new(value: T) -> RwLock<T> {
+            RwLock {
+                state: Mutex::new(State::default()),
+                cond: Condvar::new(),
+                _value: value,
+            }
+        }
+
+        fn acquire(&self, exclusive: bool) {
+            let mut st = self.state.lock().unwrap();
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            while !(st.serving == ticket && !st.writer && (!exclusive || st.readers == 0)) {
+                st = self.cond.wait(st).unwrap();
+            }
+            st.serving += 1;
+            if exclusive {
+                st.writer = true;
+            } else {
+                st.readers += 1;
+            }
+            drop(st);
+            // The next ticket may be a reader that can now share.
+            self.cond.notify_all();
+        }
+
+        fn release(&self, exclusive: bool) {
+            let mut st = self.state.lock().unwrap();
+            if exclusive {
+                st.writer = false;
+            } else {
+                st.readers -= 1;
+            }
+            drop(st);
+            self.cond.notify_all();
+        }
+
+        pub(crate) async fn read_owned(self: Arc<Self>) -> OwnedRwLockReadGuard<T> {
+            self.acquire(false);
+            OwnedRwLockReadGuard { lock: self }
+        }
+
+        pub(crate) async fn write_owned(self: Arc<Self>) -> OwnedRwLockWriteGuard<T> {
+            self.acquire(true);
+            OwnedRwLockWriteGuard { lock: self }
+        }
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct OwnedRwLockReadGuard<T> {
+        lock: Arc<RwLock<T>>,
+    }
+
+    impl<T> Drop for OwnedRwLockReadGuard<T> {
+        fn drop(&mut self) {
+            self.lock.release(false);
+        }
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct OwnedRwLockWriteGuard<T> {
+        lock: Arc<RwLock<T>>,
+    }
+
+    impl<T> Drop for OwnedRwLockWriteGuard<T> {
+        fn drop(&mut self) {
+            self.lock.release(true);
+        }
+    }
 }

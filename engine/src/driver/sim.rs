@@ -379,6 +379,25 @@ impl SimDisk {
         self.state.lock().unwrap().used()
     }
 
+    /// Bit rot: flips the first byte of the file at `path`, in place, in
+    /// both its live and durable bytes (every hard link sees it). False if
+    /// there is no such non-empty file.
+    pub fn corrupt(&self, path: &str) -> bool {
+        let mut st = self.state.lock().unwrap();
+        let Some(Entry::File(id)) = st.live.get(path).copied() else {
+            return false;
+        };
+        let inode = st.inodes.get_mut(&id).expect("linked inode exists");
+        if inode.live.is_empty() {
+            return false;
+        }
+        inode.live[0] ^= 0xff;
+        if let Some(b) = inode.durable.first_mut() {
+            *b ^= 0xff;
+        }
+        true
+    }
+
     /// Every file path and its bytes as a crash right now would leave them,
     /// without crashing. For checkers that compare images.
     pub fn durable_image(&self) -> BTreeMap<String, Vec<u8>> {

@@ -1,0 +1,278 @@
+//! The proposal's layout: `_blobstore/blobs/<alg>/<hex>` holds the only copy.
+//!
+//! Local drivers (hard links): each repository holds a hard link, so every
+//! repository directory is still a valid OCI layout, and the link count is
+//! the reference truth (links - 1 = repositories holding the digest). No
+//! second record exists for a crash to split from the first.
+//!
+//! Object drivers (no links): repositories hold no object at all. Which
+//! repository holds which digest is two rows per pair in the metadata
+//! store's `refs` table, written in one batch:
+//! `d\0<digest>\0<repo>` (who holds a digest: the GC sweep's question) and
+//! `r\0<repo>\0<digest>` (what a repo holds: GC and export's question).
+//!
+//! Write order, everywhere: bytes into `_blobstore` (durable), then the
+//! repository's link or rows. A crash between leaves an unreferenced blob
+//! for GC to sweep, never a reference without bytes.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::verify::read_verified;
+use super::{
+    BlobLayout, LayoutKind, Verifier, blobstore_blob, parse_blob_paths, repo_blob, repo_blobs_dir,
+};
+use crate::digest::Digest;
+use crate::driver::{Driver, DriverPath, PutMode};
+use crate::error::StoreResult;
+use crate::meta::{Batch, MetaStore, Table};
+use crate::oci::names::RepoName;
+
+/// The blobstore layout on any driver.
+#[derive(Debug)]
+pub struct BlobstoreLayout {
+    driver: Arc<dyn Driver>,
+    meta: Arc<dyn MetaStore>,
+    verifier: Verifier,
+    /// Hard links available: link counts are the reference truth.
+    local: bool,
+}
+
+enum Source<'a> {
+    Staged(&'a DriverPath),
+    Bytes(Bytes),
+}
+
+pub(crate) fn ref_by_digest(d: &Digest, repo: &RepoName) -> Vec<u8> {
+    format!("d\0{d}\0{repo}").into_bytes()
+}
+
+pub(crate) fn ref_by_repo(repo: &RepoName, d: &Digest) -> Vec<u8> {
+    format!("r\0{repo}\0{d}").into_bytes()
+}
+
+/// Every key of `table` starting with `prefix`, paging through the store.
+pub(crate) async fn scan_all(
+    meta: &dyn MetaStore,
+    table: Table,
+    prefix: &[u8],
+) -> StoreResult<Vec<Vec<u8>>> {
+    const PAGE: usize = 1000;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let page = meta
+            .scan(table, prefix, out.last().map(Vec::as_slice), PAGE)
+            .await?;
+        let done = page.len() < PAGE;
+        out.extend(page.into_iter().map(|(k, _)| k));
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+impl BlobstoreLayout {
+    pub fn new(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>) -> BlobstoreLayout {
+        let local = driver.capabilities().hard_links;
+        BlobstoreLayout {
+            driver,
+            meta,
+            verifier: Verifier::default(),
+            local,
+        }
+    }
+
+    async fn has_ref(&self, repo: &RepoName, d: &Digest) -> StoreResult<bool> {
+        Ok(self
+            .meta
+            .get(Table::REFS, &ref_by_repo(repo, d))
+            .await?
+            .is_some())
+    }
+
+    /// Makes `_blobstore` hold valid bytes of `d`, from `source` if it does
+    /// not already (a dedupe hit costs one stat while the verifier remembers).
+    /// Returns whether `source` was consumed.
+    async fn ensure_blobstore(&self, d: &Digest, source: Source<'_>) -> StoreResult<bool> {
+        let bs = blobstore_blob(d);
+        let driver = &*self.driver;
+        if self.verifier.check(driver, &bs, d).await?.is_some() {
+            return Ok(false);
+        }
+        // Absent, or present with bytes that do not hash to `d` (corrupt):
+        // the new, verified bytes replace them.
+        let consumed = match source {
+            Source::Staged(staged) if self.local => {
+                driver.rename(staged, &bs).await?;
+                // The staged name's removal first: a crash after the
+                // blobstore sync but before this one would leave two names
+                // on the inode, and the link count would lie.
+                driver.sync_dir(staged.parent().as_ref()).await?;
+                driver.sync_dir(bs.parent().as_ref()).await?;
+                true
+            }
+            Source::Staged(staged) => {
+                driver.copy(staged, &bs, PutMode::Overwrite).await?;
+                false
+            }
+            Source::Bytes(data) => {
+                driver.put(&bs, data, PutMode::Overwrite).await?;
+                false
+            }
+        };
+        self.verifier.trust_written(driver, &bs, d).await?;
+        Ok(consumed)
+    }
+
+    /// Points `repo` at the blobstore copy of `d` (which must be valid).
+    async fn add_holder(&self, repo: &RepoName, d: &Digest) -> StoreResult<()> {
+        if !self.local {
+            let batch = Batch::new()
+                .put(Table::REFS, ref_by_digest(d, repo), Vec::new())
+                .put(Table::REFS, ref_by_repo(repo, d), Vec::new());
+            return Ok(self.meta.commit(batch).await?);
+        }
+        let (bs, link) = (blobstore_blob(d), repo_blob(repo, d));
+        let driver = &*self.driver;
+        match driver.hard_link(&bs, &link).await {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {
+                if self.verifier.check(driver, &link, d).await?.is_some() {
+                    return Ok(()); // already held, with good bytes
+                }
+                // A stale link to bytes that no longer verify: re-point it.
+                driver.delete(&link).await?;
+                driver.hard_link(&bs, &link).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        driver.sync_dir(link.parent().as_ref()).await?;
+        self.verifier.trust_written(driver, &link, d).await
+    }
+}
+
+#[async_trait]
+impl BlobLayout for BlobstoreLayout {
+    fn kind(&self) -> LayoutKind {
+        LayoutKind::Blobstore
+    }
+
+    async fn ingest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        staged: &DriverPath,
+    ) -> StoreResult<()> {
+        let consumed = self
+            .ensure_blobstore(digest, Source::Staged(staged))
+            .await?;
+        self.add_holder(repo, digest).await?;
+        if !consumed {
+            self.driver.delete(staged).await?;
+        }
+        Ok(())
+    }
+
+    async fn ingest_bytes(&self, repo: &RepoName, digest: &Digest, data: Bytes) -> StoreResult<()> {
+        self.ensure_blobstore(digest, Source::Bytes(data)).await?;
+        self.add_holder(repo, digest).await
+    }
+
+    async fn stat(&self, repo: &RepoName, digest: &Digest) -> StoreResult<Option<u64>> {
+        if self.local {
+            return self
+                .verifier
+                .check(&*self.driver, &repo_blob(repo, digest), digest)
+                .await;
+        }
+        if !self.has_ref(repo, digest).await? {
+            return Ok(None);
+        }
+        self.verifier
+            .check(&*self.driver, &blobstore_blob(digest), digest)
+            .await
+    }
+
+    async fn read(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> StoreResult<Option<Bytes>> {
+        let path = if self.local {
+            repo_blob(repo, digest)
+        } else if self.has_ref(repo, digest).await? {
+            blobstore_blob(digest)
+        } else {
+            return Ok(None);
+        };
+        read_verified(&*self.driver, &self.verifier, &path, digest, range).await
+    }
+
+    async fn mount(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> StoreResult<bool> {
+        if self.stat(from, digest).await?.is_none() {
+            return Ok(false);
+        }
+        if self.local {
+            // `from` holds a good link; if the blobstore name is missing or
+            // bad, restore it from that link first.
+            let bs = blobstore_blob(digest);
+            if self
+                .verifier
+                .check(&*self.driver, &bs, digest)
+                .await?
+                .is_none()
+            {
+                self.driver.delete(&bs).await?;
+                self.driver.hard_link(&repo_blob(from, digest), &bs).await?;
+                self.driver.sync_dir(bs.parent().as_ref()).await?;
+            }
+        }
+        self.add_holder(to, digest).await?;
+        Ok(true)
+    }
+
+    async fn remove(&self, repo: &RepoName, digest: &Digest) -> StoreResult<()> {
+        if self.local {
+            let link = repo_blob(repo, digest);
+            self.driver.delete(&link).await?;
+            self.verifier.forget(&link);
+            self.driver.sync_dir(link.parent().as_ref()).await?;
+            return Ok(());
+        }
+        let batch = Batch::new()
+            .delete(Table::REFS, ref_by_digest(digest, repo))
+            .delete(Table::REFS, ref_by_repo(repo, digest));
+        Ok(self.meta.commit(batch).await?)
+    }
+
+    async fn repo_digests(&self, repo: &RepoName) -> StoreResult<Vec<Digest>> {
+        if self.local {
+            let dir = repo_blobs_dir(repo);
+            let paths = self.driver.list(Some(&dir)).await?;
+            return Ok(parse_blob_paths(&dir, &paths));
+        }
+        let prefix = format!("r\0{repo}\0").into_bytes();
+        let keys = scan_all(&*self.meta, Table::REFS, &prefix).await?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| std::str::from_utf8(&k[prefix.len()..]).ok())
+            .filter_map(|d| Digest::parse(d).ok())
+            .collect())
+    }
+
+    async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64> {
+        if self.local {
+            return match self.driver.stat(&blobstore_blob(digest)).await {
+                Ok(meta) => Ok(meta.links.unwrap_or(1).saturating_sub(1)),
+                Err(e) if e.is_not_found() => Ok(0),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let prefix = format!("d\0{digest}\0").into_bytes();
+        Ok(scan_all(&*self.meta, Table::REFS, &prefix).await?.len() as u64)
+    }
+}

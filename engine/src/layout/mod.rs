@@ -1,0 +1,180 @@
+//! Where a repository's blobs live, and how "repo R holds digest D" is
+//! recorded: the two layouts of DESIGN §1, each on local (hard links) and
+//! object (no links) drivers.
+//!
+//! ```text
+//! <root>/<repo>/oci-layout, index.json       both layouts (the store owns these)
+//! <root>/<repo>/.uploads/<id>                upload sessions, both layouts
+//! legacy:    <root>/<repo>/blobs/<alg>/<hex> the bytes; local dedupe = a hard link
+//!            to the first copy; object dedupe = a 0-byte marker + dedupe index
+//! blobstore: <root>/_blobstore/blobs/<alg>/<hex>   the only copy
+//!            local:  <root>/<repo>/blobs/<alg>/<hex> is a hard link to it, so
+//!                    each repo stays a valid OCI layout; links - 1 = holders
+//!            object: nothing per repo; the metadata store's reference rows
+//! ```
+//!
+//! Invariant kept here (DESIGN §9.3, §9.6): the recorded holders of a digest
+//! are exactly the repositories that hold it, and a read never returns bytes
+//! whose digest differs from the one asked for (markers and stubs included).
+//! The caller holds the locks of the operation's plan.
+
+mod blobstore;
+mod legacy;
+mod verify;
+
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use self::blobstore::BlobstoreLayout;
+pub use self::legacy::LegacyLayout;
+pub(crate) use self::verify::Verifier;
+
+use crate::digest::{Algorithm, Digest};
+use crate::driver::DriverPath;
+use crate::error::StoreResult;
+use crate::oci::names::RepoName;
+
+/// The hidden namespace of the blobstore layout. Not a valid repository
+/// name (components start with `[a-z0-9]`), so it can never be one.
+pub const BLOBSTORE: &str = "_blobstore";
+
+/// Which layout a store uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayoutKind {
+    /// Today's zot 2.1 layout: per-repository blobs, markers on object stores.
+    Legacy,
+    /// The proposal: one `_blobstore`, no markers.
+    Blobstore,
+}
+
+impl LayoutKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayoutKind::Legacy => "legacy",
+            LayoutKind::Blobstore => "blobstore",
+        }
+    }
+}
+
+impl fmt::Display for LayoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LayoutKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "legacy" => Ok(LayoutKind::Legacy),
+            "blobstore" => Ok(LayoutKind::Blobstore),
+            _ => Err(format!("unknown layout {s:?} (legacy, blobstore)")),
+        }
+    }
+}
+
+fn path(s: String) -> DriverPath {
+    DriverPath::new(s).expect("paths built from valid names and digests are valid")
+}
+
+pub fn repo_dir(repo: &RepoName) -> DriverPath {
+    path(repo.to_string())
+}
+
+pub fn repo_blob(repo: &RepoName, d: &Digest) -> DriverPath {
+    path(format!("{repo}/blobs/{}/{}", d.algorithm(), d.hex()))
+}
+
+pub fn repo_blobs_dir(repo: &RepoName) -> DriverPath {
+    path(format!("{repo}/blobs"))
+}
+
+pub fn blobstore_blob(d: &Digest) -> DriverPath {
+    path(format!("{BLOBSTORE}/blobs/{}/{}", d.algorithm(), d.hex()))
+}
+
+pub fn blobstore_dir() -> DriverPath {
+    path(format!("{BLOBSTORE}/blobs"))
+}
+
+pub fn index_json(repo: &RepoName) -> DriverPath {
+    path(format!("{repo}/index.json"))
+}
+
+pub fn oci_layout(repo: &RepoName) -> DriverPath {
+    path(format!("{repo}/oci-layout"))
+}
+
+pub fn upload(repo: &RepoName, id: &str) -> DriverPath {
+    path(format!("{repo}/.uploads/{id}"))
+}
+
+/// Digests stored below a `blobs/` directory, from its listing.
+pub(crate) fn parse_blob_paths<'a>(
+    blobs_dir: &DriverPath,
+    paths: impl IntoIterator<Item = &'a DriverPath>,
+) -> Vec<Digest> {
+    let prefix = format!("{blobs_dir}/");
+    let mut out = Vec::new();
+    for p in paths {
+        let Some(rest) = p.as_str().strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((alg, hex)) = rest.split_once('/') else {
+            continue;
+        };
+        let alg = Algorithm::ALL.into_iter().find(|a| a.as_str() == alg);
+        if let Some(d) = alg.and_then(|a| Digest::from_hex(a, hex).ok()) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// One layout's bookkeeping of blobs. The caller holds the lock plan.
+#[async_trait]
+pub trait BlobLayout: Send + Sync + fmt::Debug {
+    fn kind(&self) -> LayoutKind;
+
+    /// Makes `digest`, whose bytes (already verified) are staged at
+    /// `staged`, part of `repo`. Durable on return; `staged` is consumed.
+    async fn ingest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        staged: &DriverPath,
+    ) -> StoreResult<()>;
+
+    /// The same for a small body held in memory (manifests).
+    async fn ingest_bytes(&self, repo: &RepoName, digest: &Digest, data: Bytes) -> StoreResult<()>;
+
+    /// The blob's size, if `repo` holds `digest` with bytes that hash to it.
+    async fn stat(&self, repo: &RepoName, digest: &Digest) -> StoreResult<Option<u64>>;
+
+    /// The bytes of `digest` as held by `repo`, verified when read whole.
+    /// `None` if the repo does not hold it (or holds no valid bytes for it).
+    async fn read(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> StoreResult<Option<Bytes>>;
+
+    /// Adds `digest` to `to` if `from` holds it; false if it does not.
+    async fn mount(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> StoreResult<bool>;
+
+    /// Removes `digest` from `repo` (idempotent). Bytes other repositories
+    /// hold stay readable.
+    async fn remove(&self, repo: &RepoName, digest: &Digest) -> StoreResult<()>;
+
+    /// Every digest `repo` holds a record of (valid or not).
+    async fn repo_digests(&self, repo: &RepoName) -> StoreResult<Vec<Digest>>;
+
+    /// How many repositories the reference truth says hold `digest`
+    /// (link count - 1, reference rows, or dedupe-index entries).
+    async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64>;
+}

@@ -1,0 +1,210 @@
+//! The local lock manager: acquires a [`LockPlan`] in canonical order and
+//! keeps per-repository and per-digest locks only while someone uses them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use super::metrics::Recorder;
+use super::{Domain, Intent, LockMetrics, LockPolicy, Mode};
+use crate::digest::Digest;
+use crate::oci::names::RepoName;
+use crate::sync::unmodeled::Mutex;
+use crate::sync::{Instant, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+type Lock = Arc<RwLock<()>>;
+
+/// Locks created on first use and dropped when the last holder or waiter
+/// lets go, so the table's size follows live contention, not the number of
+/// repositories or digests ever seen.
+struct LockTable<K> {
+    locks: Mutex<HashMap<K, Lock>>,
+}
+
+impl<K: Hash + Eq + Clone> LockTable<K> {
+    fn new() -> LockTable<K> {
+        LockTable {
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &K) -> Lock {
+        let mut locks = self.locks.lock().unwrap();
+        locks
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(RwLock::new(())))
+            .clone()
+    }
+
+    /// Called after a guard (and its `Arc`) is gone. Waiters hold clones of
+    /// the `Arc`, so a lock somebody waits for is never removed.
+    fn release(&self, key: &K) {
+        let mut locks = self.locks.lock().unwrap();
+        if locks.get(key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(key);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.locks.lock().unwrap().len()
+    }
+}
+
+/// Acquires lock plans; one per store.
+pub struct LockManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    policy: LockPolicy,
+    global: Lock,
+    blobstore: Lock,
+    repos: LockTable<RepoName>,
+    digests: LockTable<Digest>,
+    recorder: Recorder,
+}
+
+impl fmt::Debug for LockManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockManager")
+            .field("policy", &self.inner.policy)
+            .field("repo_locks", &self.inner.repos.len())
+            .field("digest_locks", &self.inner.digests.len())
+            .finish()
+    }
+}
+
+enum Guard {
+    Read(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
+    Write(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
+}
+
+struct Taken {
+    guard: Guard,
+    since: Instant,
+    domain: Domain,
+    mode: Mode,
+}
+
+/// Everything one plan holds. Released in reverse order of acquisition.
+pub struct LockGuard {
+    inner: Arc<Inner>,
+    global: Option<Taken>,
+    blobstore: Option<Taken>,
+    repo: Option<(RepoName, Taken)>,
+    digest: Option<(Digest, Taken)>,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("repo", &self.repo.as_ref().map(|(r, _)| r))
+            .field("digest", &self.digest.as_ref().map(|(d, _)| d))
+            .finish()
+    }
+}
+
+impl LockManager {
+    pub fn new(policy: LockPolicy) -> LockManager {
+        LockManager {
+            inner: Arc::new(Inner {
+                policy,
+                global: Arc::new(RwLock::new(())),
+                blobstore: Arc::new(RwLock::new(())),
+                repos: LockTable::new(),
+                digests: LockTable::new(),
+                recorder: Recorder::default(),
+            }),
+        }
+    }
+
+    pub fn policy(&self) -> LockPolicy {
+        self.inner.policy
+    }
+
+    /// Takes every lock `intent` needs under this manager's policy, in the
+    /// order global -> blobstore -> repo -> digest.
+    pub async fn acquire(&self, intent: &Intent) -> LockGuard {
+        let plan = intent.plan(self.inner.policy);
+        let inner = &self.inner;
+        let mut guard = LockGuard {
+            inner: inner.clone(),
+            global: None,
+            blobstore: None,
+            repo: None,
+            digest: None,
+        };
+        if let Some(mode) = plan.global {
+            guard.global = Some(inner.take(Domain::Global, inner.global.clone(), mode).await);
+        }
+        if let Some(mode) = plan.blobstore {
+            guard.blobstore = Some(
+                inner
+                    .take(Domain::Blobstore, inner.blobstore.clone(), mode)
+                    .await,
+            );
+        }
+        if let Some((repo, mode)) = plan.repo {
+            let lock = inner.repos.get(&repo);
+            guard.repo = Some((repo, inner.take(Domain::Repo, lock, mode).await));
+        }
+        if let Some((digest, mode)) = plan.digest {
+            let lock = inner.digests.get(&digest);
+            guard.digest = Some((digest, inner.take(Domain::Digest, lock, mode).await));
+        }
+        guard
+    }
+
+    pub fn metrics(&self) -> LockMetrics {
+        self.inner.recorder.snapshot()
+    }
+
+    /// Live per-repository and per-digest locks (they are dropped when unused).
+    pub fn table_sizes(&self) -> (usize, usize) {
+        (self.inner.repos.len(), self.inner.digests.len())
+    }
+}
+
+impl Inner {
+    async fn take(&self, domain: Domain, lock: Lock, mode: Mode) -> Taken {
+        let asked = Instant::now();
+        let guard = match mode {
+            Mode::Shared => Guard::Read(lock.read_owned().await),
+            Mode::Exclusive => Guard::Write(lock.write_owned().await),
+        };
+        let since = Instant::now();
+        self.recorder.waited(domain, mode, since - asked);
+        Taken {
+            guard,
+            since,
+            domain,
+            mode,
+        }
+    }
+
+    fn release(&self, taken: Taken) {
+        let held = taken.since.elapsed();
+        drop(taken.guard);
+        self.recorder.held(taken.domain, taken.mode, held);
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some((digest, taken)) = self.digest.take() {
+            self.inner.release(taken);
+            self.inner.digests.release(&digest);
+        }
+        if let Some((repo, taken)) = self.repo.take() {
+            self.inner.release(taken);
+            self.inner.repos.release(&repo);
+        }
+        if let Some(taken) = self.blobstore.take() {
+            self.inner.release(taken);
+        }
+        if let Some(taken) = self.global.take() {
+            self.inner.release(taken);
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Lock wait and hold times per domain and mode, in HDR histograms
+//! (nanoseconds; virtual time under madsim).
+
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use super::Mode;
+use crate::sync::unmodeled::Mutex;
+
+/// The lock domains of DESIGN §5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Domain {
+    Global,
+    Blobstore,
+    Repo,
+    Digest,
+}
+
+impl Domain {
+    pub const ALL: [Domain; 4] = [
+        Domain::Global,
+        Domain::Blobstore,
+        Domain::Repo,
+        Domain::Digest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Domain::Global => "global",
+            Domain::Blobstore => "blobstore",
+            Domain::Repo => "repo",
+            Domain::Digest => "digest",
+        }
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn slot(domain: Domain, mode: Mode) -> usize {
+    domain as usize * 2 + mode as usize
+}
+
+/// Live recorder, shared by every guard of one manager.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    slots: Mutex<Vec<Slot>>,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    wait: Histogram<u64>,
+    hold: Histogram<u64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Recorder {
+        let slot = Slot {
+            wait: Histogram::new(3).expect("3 significant figures is valid"),
+            hold: Histogram::new(3).expect("3 significant figures is valid"),
+        };
+        Recorder {
+            slots: Mutex::new(vec![slot; Domain::ALL.len() * 2]),
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Recorder {
+    pub(crate) fn waited(&self, domain: Domain, mode: Mode, d: Duration) {
+        let mut slots = self.slots.lock().unwrap();
+        slots[slot(domain, mode)].wait.saturating_record(nanos(d));
+    }
+
+    pub(crate) fn held(&self, domain: Domain, mode: Mode, d: Duration) {
+        let mut slots = self.slots.lock().unwrap();
+        slots[slot(domain, mode)].hold.saturating_record(nanos(d));
+    }
+
+    pub(crate) fn snapshot(&self) -> LockMetrics {
+        let slots = self.slots.lock().unwrap();
+        let mut stats = Vec::new();
+        for domain in Domain::ALL {
+            for mode in [Mode::Shared, Mode::Exclusive] {
+                let s = &slots[slot(domain, mode)];
+                stats.push(LockStats {
+                    domain,
+                    mode,
+                    wait: s.wait.clone(),
+                    hold: s.hold.clone(),
+                });
+            }
+        }
+        LockMetrics { stats }
+    }
+}
+
+/// Wait and hold histograms for one domain and mode.
+#[derive(Debug, Clone)]
+pub struct LockStats {
+    pub domain: Domain,
+    pub mode: Mode,
+    /// Nanoseconds from asking to holding.
+    pub wait: Histogram<u64>,
+    /// Nanoseconds from holding to release.
+    pub hold: Histogram<u64>,
+}
+
+impl LockStats {
+    pub fn acquisitions(&self) -> u64 {
+        self.wait.len()
+    }
+
+    /// Total time held, in nanoseconds (sum over acquisitions).
+    pub fn total_hold_ns(&self) -> u64 {
+        self.hold
+            .iter_recorded()
+            .map(|v| v.value_iterated_to() * v.count_at_value())
+            .sum()
+    }
+}
+
+/// A snapshot of every domain and mode.
+#[derive(Debug, Clone)]
+pub struct LockMetrics {
+    pub stats: Vec<LockStats>,
+}
+
+impl LockMetrics {
+    pub fn get(&self, domain: Domain, mode: Mode) -> &LockStats {
+        &self.stats[slot(domain, mode)]
+    }
+}

@@ -1,0 +1,287 @@
+//! Blobs: upload sessions (monolithic, chunked, streamed), existence, reads,
+//! cross-repository mounts and deletes.
+//!
+//! An upload streams into `<repo>/.uploads/<id>` while it is hashed, so the
+//! digest is known the moment the last chunk lands and the bytes are never
+//! read back to hash them (except for a non-sha256 digest, see
+//! [`Store::finish_upload`]). Only a verified upload enters the layout, under
+//! the `blob_insert` lock plan.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::Store;
+use crate::digest::{Algorithm, Digest, DigestHasher};
+use crate::driver::{BlobWriter, PutMode};
+use crate::error::{StoreError, StoreResult};
+use crate::layout;
+use crate::lock::Intent;
+use crate::oci::names::RepoName;
+use crate::sync::unmodeled::Mutex;
+
+/// Live upload sessions. A session is taken out of the map while one of its
+/// calls runs, so two concurrent calls on one session cannot interleave: the
+/// second sees `BLOB_UPLOAD_UNKNOWN`, as a client misusing a session should.
+#[derive(Default)]
+pub(crate) struct Uploads {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+struct Session {
+    repo: RepoName,
+    writer: Box<dyn BlobWriter>,
+    hasher: DigestHasher,
+    started: SystemTime,
+}
+
+/// Where an upload stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub repo: RepoName,
+    /// Bytes received so far (the next chunk must start here).
+    pub offset: u64,
+    pub started: SystemTime,
+}
+
+impl Uploads {
+    fn take(&self, id: &str) -> StoreResult<Session> {
+        self.sessions
+            .lock()
+            .unwrap()
+            .remove(id)
+            .ok_or_else(|| StoreError::BlobUploadUnknown {
+                id: id.chars().take(80).collect(),
+            })
+    }
+
+    fn put_back(&self, id: &str, session: Session) {
+        self.sessions.lock().unwrap().insert(id.to_owned(), session);
+    }
+}
+
+impl Store {
+    /// Opens an upload session in `repo` (created on first push).
+    pub async fn start_upload(&self, repo: &RepoName) -> StoreResult<String> {
+        {
+            let _guard = self.lock(Intent::repo_read(repo)).await;
+            self.ensure_repo(repo).await?;
+        }
+        let id = self.next_id();
+        let writer = self
+            .driver()
+            .writer(&layout::upload(repo, &id), PutMode::IfAbsent)
+            .await?;
+        let session = Session {
+            repo: repo.clone(),
+            writer,
+            hasher: DigestHasher::new(Algorithm::Sha256),
+            started: SystemTime::now(),
+        };
+        self.inner.uploads.put_back(&id, session);
+        Ok(id)
+    }
+
+    /// Appends a chunk. With `range` (the `Content-Range` of a chunked
+    /// upload, inclusive end), the chunk must start at the current offset
+    /// (`BLOB_UPLOAD_INVALID` otherwise) and be exactly that long
+    /// (`SIZE_INVALID`); a refused chunk changes nothing. Returns the new offset.
+    pub async fn upload_chunk(
+        &self,
+        id: &str,
+        range: Option<(u64, u64)>,
+        data: Bytes,
+    ) -> StoreResult<u64> {
+        let mut session = self.inner.uploads.take(id)?;
+        let offset = session.hasher.len();
+        let check = match range {
+            Some((start, _)) if start != offset => Err(StoreError::BlobUploadInvalid {
+                reason: format!("chunk starts at {start}, upload is at {offset}"),
+            }),
+            Some((start, end)) if end < start || end - start + 1 != data.len() as u64 => {
+                Err(StoreError::SizeInvalid {
+                    reason: format!(
+                        "range {start}-{end} does not match a {}-byte chunk",
+                        data.len()
+                    ),
+                })
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = check {
+            self.inner.uploads.put_back(id, session);
+            return Err(e);
+        }
+        session.hasher.update(&data);
+        if let Err(e) = session.writer.write(data).await {
+            // The session's bytes are now uncertain: it ends here.
+            return Err(e.into());
+        }
+        let offset = session.hasher.len();
+        self.inner.uploads.put_back(id, session);
+        Ok(offset)
+    }
+
+    /// Where upload `id` stands.
+    pub fn upload_status(&self, id: &str) -> StoreResult<UploadStatus> {
+        let sessions = self.inner.uploads.sessions.lock().unwrap();
+        let s = sessions
+            .get(id)
+            .ok_or_else(|| StoreError::BlobUploadUnknown {
+                id: id.chars().take(80).collect(),
+            })?;
+        Ok(UploadStatus {
+            repo: s.repo.clone(),
+            offset: s.hasher.len(),
+            started: s.started,
+        })
+    }
+
+    /// Abandons upload `id`; nothing of it remains.
+    pub async fn cancel_upload(&self, id: &str) -> StoreResult<()> {
+        let session = self.inner.uploads.take(id)?;
+        Ok(session.writer.abort().await?)
+    }
+
+    /// Completes upload `id` as `digest`, with an optional last chunk.
+    ///
+    /// The content is checked against `digest` before anything becomes
+    /// visible (`DIGEST_INVALID`, and the upload is discarded). sha256 is
+    /// hashed while streaming; a sha512 digest costs one read of the staged
+    /// file, as in CNCF distribution, since the algorithm is only known now.
+    pub async fn finish_upload(
+        &self,
+        id: &str,
+        digest: &Digest,
+        last: Option<Bytes>,
+    ) -> StoreResult<()> {
+        let mut session = self.inner.uploads.take(id)?;
+        if let Some(last) = last {
+            session.hasher.update(&last);
+            session.writer.write(last).await?;
+        }
+        let repo = session.repo.clone();
+        let staged = layout::upload(&repo, id);
+        let streamed = session.hasher.finish();
+        if digest.algorithm() == Algorithm::Sha256 && &streamed != digest {
+            session.writer.abort().await?;
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual: streamed,
+            });
+        }
+        session.writer.commit().await?;
+        if digest.algorithm() != Algorithm::Sha256 {
+            let actual = Digest::of(digest.algorithm(), &self.driver().get(&staged, None).await?);
+            if &actual != digest {
+                self.driver().delete(&staged).await?;
+                return Err(StoreError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+        }
+        let _guard = self.lock(Intent::blob_insert(&repo, digest)).await;
+        self.layout().ingest(&repo, digest, &staged).await
+    }
+
+    /// A monolithic upload: the whole blob in one call.
+    pub async fn push_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        data: Bytes,
+    ) -> StoreResult<()> {
+        let id = self.start_upload(repo).await?;
+        self.finish_upload(&id, digest, Some(data)).await
+    }
+
+    /// The blob's size, if `repo` holds it (HEAD).
+    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> StoreResult<u64> {
+        let _guard = self.lock(Intent::blob_read(repo)).await;
+        self.require_repo(repo).await?;
+        self.layout()
+            .stat(repo, digest)
+            .await?
+            .ok_or_else(|| blob_unknown(repo, digest))
+    }
+
+    /// The whole blob, verified against its digest.
+    pub async fn get_blob(&self, repo: &RepoName, digest: &Digest) -> StoreResult<Bytes> {
+        self.read_blob(repo, digest, None).await
+    }
+
+    /// `range` of the blob; a range past its end is `RangeInvalid`.
+    pub async fn get_blob_range(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        self.read_blob(repo, digest, Some(range)).await
+    }
+
+    async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> StoreResult<Bytes> {
+        let _guard = self.lock(Intent::blob_read(repo)).await;
+        self.require_repo(repo).await?;
+        self.layout()
+            .read(repo, digest, range)
+            .await?
+            .ok_or_else(|| blob_unknown(repo, digest))
+    }
+
+    /// Makes `digest` available in `to` if `from` holds it, without moving
+    /// bytes. `Ok(false)`: `from` does not hold it; the client uploads instead.
+    ///
+    /// `from` is read without its lock (a plan holds one repository): a
+    /// concurrent delete in `from` may win or lose, and either outcome is a
+    /// linearisable mount, because the digest lock keeps the bytes in place.
+    pub async fn mount_blob(
+        &self,
+        from: &RepoName,
+        to: &RepoName,
+        digest: &Digest,
+    ) -> StoreResult<bool> {
+        let _guard = self.lock(Intent::blob_insert(to, digest)).await;
+        if from == to {
+            return Ok(self.layout().stat(to, digest).await?.is_some());
+        }
+        self.ensure_repo(to).await?;
+        self.layout().mount(from, to, digest).await
+    }
+
+    /// Removes `digest` from `repo`. Refused (`DENIED`) while a manifest of
+    /// the repository references it, or while it is one of its manifests.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> StoreResult<()> {
+        let _guard = self.lock(Intent::blob_remove(repo, digest)).await;
+        let index = self.load_index(repo).await?;
+        if self.layout().stat(repo, digest).await?.is_none() {
+            return Err(blob_unknown(repo, digest));
+        }
+        if index.manifests.iter().any(|row| &row.digest == digest) {
+            return Err(StoreError::Denied {
+                reason: format!("{digest} is a manifest of {repo}; delete the manifest instead"),
+            });
+        }
+        if self.referenced_blobs(repo, &index).await?.contains(digest) {
+            return Err(StoreError::Denied {
+                reason: format!("{digest} is referenced by a manifest of {repo}"),
+            });
+        }
+        self.layout().remove(repo, digest).await
+    }
+}
+
+pub(crate) fn blob_unknown(repo: &RepoName, digest: &Digest) -> StoreError {
+    StoreError::BlobUnknown {
+        repo: repo.to_string(),
+        digest: digest.clone(),
+    }
+}

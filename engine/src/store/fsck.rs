@@ -1,0 +1,221 @@
+//! `fsck`: checks a store at rest against the invariants of DESIGN §9.
+//!
+//! - 1 (at rest): every manifest row's bytes exist and verify, and so do
+//!   the blobs it references (children for indexes).
+//! - 3: reference truth: the recorded holders of each digest (link count,
+//!   reference rows, dedupe index) equal the repositories holding it.
+//! - 4: no repository membership without valid bytes; `_blobstore` blobs no
+//!   repository holds are reported as orphans (an error only after a
+//!   quiescent GC with delay 0, which is the caller's call to make).
+//! - 5: `_blobstore` is not a repository.
+//! - 6: no marker or stub stands in for a blob in the blobstore layout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use super::Store;
+use crate::digest::Digest;
+use crate::error::StoreResult;
+use crate::layout::{self, BLOBSTORE, LayoutKind, parse_blob_paths};
+use crate::oci::names::RepoName;
+
+/// What is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A repository records a blob whose bytes are missing or do not verify.
+    MissingBlob,
+    /// An index.json row whose manifest bytes are missing or do not verify.
+    MissingManifest,
+    /// A manifest references a blob (or an index a child) the repo lacks.
+    DanglingReference,
+    /// Recorded holders differ from the repositories that hold the digest.
+    ReferenceMismatch,
+    /// A `_blobstore` blob no repository holds (garbage, not loss).
+    Orphan,
+    /// A 0-byte stand-in for a non-empty blob where none may exist.
+    Marker,
+    /// `_blobstore` looks like a repository.
+    HiddenNamespaceExposed,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub repo: Option<String>,
+    pub digest: Option<String>,
+    pub detail: String,
+}
+
+impl Finding {
+    /// Everything but orphans is an error at any time.
+    pub fn is_error(&self) -> bool {
+        self.kind != FindingKind::Orphan
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.kind)?;
+        if let Some(r) = &self.repo {
+            write!(f, " repo={r}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, " digest={d}")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+fn finding(
+    kind: FindingKind,
+    repo: Option<&RepoName>,
+    digest: Option<&Digest>,
+    detail: impl Into<String>,
+) -> Finding {
+    Finding {
+        kind,
+        repo: repo.map(ToString::to_string),
+        digest: digest.map(ToString::to_string),
+        detail: detail.into(),
+    }
+}
+
+impl Store {
+    /// Checks the whole store. Run it at rest: concurrent writes make
+    /// transient differences look like findings.
+    pub async fn fsck(&self) -> StoreResult<Vec<Finding>> {
+        let mut out = Vec::new();
+        let layout = self.layout();
+        let repos = self.catalog(None, None).await?;
+        let empty = |d: &Digest| *d == Digest::of(d.algorithm(), b"");
+
+        // Who actually holds what (membership with valid bytes counts; a
+        // record without bytes is reported and not counted).
+        let mut holders: BTreeMap<Digest, u64> = BTreeMap::new();
+        for repo in &repos {
+            for d in layout.repo_digests(repo).await? {
+                if layout.stat(repo, &d).await?.is_some() {
+                    *holders.entry(d).or_default() += 1;
+                } else {
+                    out.push(finding(
+                        FindingKind::MissingBlob,
+                        Some(repo),
+                        Some(&d),
+                        "recorded, but no valid bytes",
+                    ));
+                }
+            }
+            let index = self.load_index(repo).await?;
+            let rows: BTreeSet<&Digest> = index.manifests.iter().map(|r| &r.digest).collect();
+            for row in &index.manifests {
+                if layout.stat(repo, &row.digest).await?.is_none() {
+                    out.push(finding(
+                        FindingKind::MissingManifest,
+                        Some(repo),
+                        Some(&row.digest),
+                        "index.json row without valid bytes",
+                    ));
+                    continue;
+                }
+                let Some(m) = self.parse_stored(repo, row).await? else {
+                    out.push(finding(
+                        FindingKind::MissingManifest,
+                        Some(repo),
+                        Some(&row.digest),
+                        "stored manifest does not parse",
+                    ));
+                    continue;
+                };
+                for blob in m.blobs() {
+                    if layout.stat(repo, &blob.digest).await?.is_none() {
+                        out.push(finding(
+                            FindingKind::DanglingReference,
+                            Some(repo),
+                            Some(&blob.digest),
+                            format!("referenced by manifest {}", row.digest),
+                        ));
+                    }
+                }
+                for child in m.children() {
+                    if !rows.contains(&child.digest) {
+                        out.push(finding(
+                            FindingKind::DanglingReference,
+                            Some(repo),
+                            Some(&child.digest),
+                            format!("child of index {}", row.digest),
+                        ));
+                    }
+                }
+            }
+            if self.config().layout == LayoutKind::Blobstore {
+                self.check_markers(repo, &mut out).await?;
+            }
+        }
+
+        let mut digests: BTreeSet<Digest> = holders.keys().cloned().collect();
+        if self.config().layout == LayoutKind::Blobstore {
+            let dir = layout::blobstore_dir();
+            let stored = self.driver().list(Some(&dir)).await?;
+            digests.extend(parse_blob_paths(&dir, &stored));
+        }
+        for d in &digests {
+            let actual = holders.get(d).copied().unwrap_or(0);
+            if self.config().layout == LayoutKind::Legacy && empty(d) {
+                continue; // the empty blob is never deduplicated, so never recorded
+            }
+            let recorded = layout.recorded_holders(d).await?;
+            if recorded != actual {
+                out.push(finding(
+                    FindingKind::ReferenceMismatch,
+                    None,
+                    Some(d),
+                    format!("recorded {recorded} holders, {actual} repositories hold it"),
+                ));
+            }
+            if actual == 0 && self.config().layout == LayoutKind::Blobstore {
+                out.push(finding(
+                    FindingKind::Orphan,
+                    None,
+                    Some(d),
+                    "in _blobstore, held by no repository",
+                ));
+            }
+        }
+
+        let hidden =
+            crate::driver::DriverPath::new(format!("{BLOBSTORE}/index.json")).expect("valid");
+        if self.driver().stat(&hidden).await.is_ok()
+            || repos.iter().any(|r| r.as_str().starts_with('_'))
+        {
+            out.push(finding(
+                FindingKind::HiddenNamespaceExposed,
+                None,
+                None,
+                "_blobstore has an index.json",
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn check_markers(&self, repo: &RepoName, out: &mut Vec<Finding>) -> StoreResult<()> {
+        let dir = layout::repo_blobs_dir(repo);
+        for path in self.driver().list(Some(&dir)).await? {
+            for d in parse_blob_paths(&dir, [&path]) {
+                let size = self.driver().stat(&path).await?.size;
+                if size == 0 && d != Digest::of(d.algorithm(), b"") {
+                    out.push(finding(
+                        FindingKind::Marker,
+                        Some(repo),
+                        Some(&d),
+                        "0-byte object in the blobstore layout",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

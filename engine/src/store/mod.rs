@@ -1,0 +1,249 @@
+//! The OCI store: repositories, blobs, uploads, manifests, tags and
+//! referrers over a driver, a metadata store, a layout and a lock policy.
+//!
+//! Every operation names its lock [`Intent`] once, at the top, and holds the
+//! guard for its whole critical section; the table of intents per operation
+//! is in [`crate::lock`]. Inputs arrive as parsed types ([`RepoName`],
+//! [`Digest`], [`Reference`]): parsing is where hostile strings stop.
+
+mod blobs;
+mod fsck;
+mod manifests;
+mod repos;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use self::blobs::UploadStatus;
+pub use self::fsck::{Finding, FindingKind};
+pub use self::manifests::StoredManifest;
+
+use crate::driver::{CallCounts, Driver, DriverPath, Instrumented, PutMode};
+use crate::error::{StoreError, StoreResult};
+use crate::layout::{self, BlobLayout, BlobstoreLayout, LayoutKind, LegacyLayout};
+use crate::lock::{Intent, LockGuard, LockManager, LockMetrics, LockPolicy};
+use crate::meta::MetaStore;
+use crate::oci::manifest::ImageIndex;
+use crate::oci::names::RepoName;
+use crate::sync::unmodeled::Mutex;
+
+/// The two knobs of DESIGN §2, independent of each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    #[serde(with = "as_str")]
+    pub layout: LayoutKind,
+    #[serde(with = "as_str")]
+    pub policy: LockPolicy,
+}
+
+mod as_str {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T: FromStr<Err = String>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        T::from_str(<&str>::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where the store remembers its configuration, inside its own root.
+pub const CONFIG_PATH: &str = "_ocistore/config.json";
+
+/// Counters a report wants from a store.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    pub locks: LockMetrics,
+    pub calls: CallCounts,
+}
+
+/// A registry's storage engine.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: StoreConfig,
+    driver: Arc<Instrumented<Arc<dyn Driver>>>,
+    meta: Arc<dyn MetaStore>,
+    layout: Box<dyn BlobLayout>,
+    locks: LockManager,
+    uploads: blobs::Uploads,
+    /// Repositories known to exist, so pushes do not stat index.json each time.
+    known_repos: Mutex<HashSet<RepoName>>,
+    id_counter: AtomicU64,
+    instance: u64,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("config", &self.inner.config)
+            .field("driver", &self.inner.driver.name())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the store at the driver's root, creating its configuration on
+    /// first use. A root created with another layout or policy is refused:
+    /// reading a legacy root as a blobstore one would hide every blob.
+    pub async fn open(
+        driver: Arc<dyn Driver>,
+        meta: Arc<dyn MetaStore>,
+        config: StoreConfig,
+    ) -> StoreResult<Store> {
+        let config_path = DriverPath::new(CONFIG_PATH).expect("valid");
+        match driver.get(&config_path, None).await {
+            Ok(stored) => {
+                let stored: StoreConfig = serde_json::from_slice(&stored)
+                    .map_err(|e| StoreError::Corrupt(format!("{CONFIG_PATH}: {e}")))?;
+                if stored != config {
+                    return Err(StoreError::Denied {
+                        reason: format!(
+                            "this root was created with layout {} and policy {}, not layout {} and policy {}",
+                            stored.layout, stored.policy, config.layout, config.policy
+                        ),
+                    });
+                }
+            }
+            Err(e) if e.is_not_found() => {
+                let body = serde_json::to_vec_pretty(&config).expect("config serialises");
+                match driver
+                    .put(&config_path, body.into(), PutMode::IfAbsent)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if e.is_already_exists() => {
+                        return Box::pin(Store::open(driver, meta, config)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Store::new_unchecked(driver, meta, config))
+    }
+
+    /// The configuration a root was created with, if any.
+    pub async fn stored_config(driver: &dyn Driver) -> StoreResult<Option<StoreConfig>> {
+        match driver
+            .get(&DriverPath::new(CONFIG_PATH).expect("valid"), None)
+            .await
+        {
+            Ok(stored) => {
+                Ok(Some(serde_json::from_slice(&stored).map_err(|e| {
+                    StoreError::Corrupt(format!("{CONFIG_PATH}: {e}"))
+                })?))
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn new_unchecked(
+        driver: Arc<dyn Driver>,
+        meta: Arc<dyn MetaStore>,
+        config: StoreConfig,
+    ) -> Store {
+        let instrumented = Arc::new(Instrumented::new(driver));
+        let shared: Arc<dyn Driver> = instrumented.clone();
+        let layout: Box<dyn BlobLayout> = match config.layout {
+            LayoutKind::Legacy => Box::new(LegacyLayout::new(shared, meta.clone())),
+            LayoutKind::Blobstore => Box::new(BlobstoreLayout::new(shared, meta.clone())),
+        };
+        let instance = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Store {
+            inner: Arc::new(Inner {
+                config,
+                driver: instrumented,
+                meta,
+                layout,
+                locks: LockManager::new(config.policy),
+                uploads: blobs::Uploads::default(),
+                known_repos: Mutex::new(HashSet::new()),
+                id_counter: AtomicU64::new(0),
+                instance,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> StoreConfig {
+        self.inner.config
+    }
+
+    pub fn metrics(&self) -> StoreMetrics {
+        StoreMetrics {
+            locks: self.inner.locks.metrics(),
+            calls: self.inner.driver.counts(),
+        }
+    }
+
+    /// Live per-repository and per-digest locks (bounded by contention).
+    pub fn lock_table_sizes(&self) -> (usize, usize) {
+        self.inner.locks.table_sizes()
+    }
+
+    /// The driver the store writes through (instrumented).
+    pub fn driver(&self) -> &dyn Driver {
+        &*self.inner.driver
+    }
+
+    pub fn meta(&self) -> &dyn MetaStore {
+        &*self.inner.meta
+    }
+
+    fn layout(&self) -> &dyn BlobLayout {
+        &*self.inner.layout
+    }
+
+    async fn lock(&self, intent: Intent) -> LockGuard {
+        self.inner.locks.acquire(&intent).await
+    }
+
+    fn next_id(&self) -> String {
+        let n = self.inner.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:08x}", self.inner.instance)
+    }
+
+    // --- index.json -------------------------------------------------------
+
+    async fn load_index(&self, repo: &RepoName) -> StoreResult<ImageIndex> {
+        match self.driver().get(&layout::index_json(repo), None).await {
+            Ok(body) => serde_json::from_slice(&body)
+                .map_err(|e| StoreError::Corrupt(format!("{repo}/index.json: {e}"))),
+            Err(e) if e.is_not_found() => Err(StoreError::NameUnknown {
+                repo: repo.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces index.json atomically (the driver's commit protocol).
+    async fn save_index(&self, repo: &RepoName, index: &ImageIndex) -> StoreResult<()> {
+        let body = serde_json::to_vec(index).expect("index serialises");
+        Ok(self
+            .driver()
+            .put(
+                &layout::index_json(repo),
+                Bytes::from(body),
+                PutMode::Overwrite,
+            )
+            .await?)
+    }
+}

@@ -1,0 +1,142 @@
+//! Repositories: creation, existence, the catalog, and tag listing.
+
+use bytes::Bytes;
+
+use super::Store;
+use crate::driver::{DriverPath, PutMode};
+use crate::error::{StoreError, StoreResult};
+use crate::layout::{self, BLOBSTORE};
+use crate::lock::Intent;
+use crate::oci::manifest::ImageIndex;
+use crate::oci::names::{RepoName, Tag};
+
+const OCI_LAYOUT_BODY: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Page size limit for catalog and tag listings, whatever `n` asks for.
+pub const MAX_PAGE: usize = 10_000;
+
+impl Store {
+    /// Creates `repo` as an empty OCI layout. Idempotent.
+    pub async fn init_repo(&self, repo: &RepoName) -> StoreResult<()> {
+        let _guard = self.lock(Intent::repo_write(repo)).await;
+        self.ensure_repo(repo).await
+    }
+
+    /// Creates the repo's files if missing. Safe under any lock on the repo:
+    /// both writes are put-if-absent, and `index.json` (what makes a
+    /// directory a repository) comes last.
+    pub(crate) async fn ensure_repo(&self, repo: &RepoName) -> StoreResult<()> {
+        if self.inner.known_repos.lock().unwrap().contains(repo) {
+            return Ok(());
+        }
+        let d = self.driver();
+        for (path, body) in [
+            (
+                layout::oci_layout(repo),
+                Bytes::from_static(OCI_LAYOUT_BODY),
+            ),
+            (
+                layout::index_json(repo),
+                Bytes::from(serde_json::to_vec(&ImageIndex::default()).expect("serialises")),
+            ),
+        ] {
+            match d.put(&path, body, PutMode::IfAbsent).await {
+                Ok(()) => {}
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.inner.known_repos.lock().unwrap().insert(repo.clone());
+        Ok(())
+    }
+
+    /// `NAME_UNKNOWN` unless `repo` exists.
+    pub(crate) async fn require_repo(&self, repo: &RepoName) -> StoreResult<()> {
+        if self.inner.known_repos.lock().unwrap().contains(repo) {
+            return Ok(());
+        }
+        match self.driver().stat(&layout::index_json(repo)).await {
+            Ok(_) => {
+                self.inner.known_repos.lock().unwrap().insert(repo.clone());
+                Ok(())
+            }
+            Err(e) if e.is_not_found() => Err(StoreError::NameUnknown {
+                repo: repo.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Repositories in lexical order, after `last`, at most `n` (OCI paging).
+    /// `_blobstore` and every `_`-prefixed name are never listed.
+    pub async fn catalog(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> StoreResult<Vec<RepoName>> {
+        let mut repos = Vec::new();
+        let mut stack: Vec<Option<DriverPath>> = vec![None];
+        while let Some(dir) = stack.pop() {
+            let listing = self.driver().list_dir(dir.as_ref()).await?;
+            let is_repo = dir.is_some() && listing.files.iter().any(|f| f == "index.json");
+            if let Some(dir) = &dir
+                && is_repo
+                && let Ok(repo) = RepoName::parse(dir.as_str())
+            {
+                repos.push(repo);
+            }
+            for child in listing.dirs {
+                let skip = match &dir {
+                    None => child.starts_with('_') || child == BLOBSTORE,
+                    // A repository's own directories are not repositories.
+                    Some(_) => is_repo && (child == "blobs" || child == ".uploads"),
+                };
+                if !skip {
+                    let path = match &dir {
+                        None => DriverPath::new(&child),
+                        Some(d) => d.join(&child),
+                    };
+                    if let Ok(path) = path {
+                        stack.push(Some(path));
+                    }
+                }
+            }
+        }
+        repos.sort();
+        Ok(page(repos, n, last, |r| r.as_str()))
+    }
+
+    /// Tags of `repo` in lexical order, after `last`, at most `n`.
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> StoreResult<Vec<Tag>> {
+        let _guard = self.lock(Intent::repo_read(repo)).await;
+        let index = self.load_index(repo).await?;
+        let mut tags: Vec<Tag> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.tag())
+            .filter_map(|t| Tag::parse(t).ok())
+            .collect();
+        tags.sort();
+        tags.dedup();
+        Ok(page(tags, n, last, |t| t.as_str()))
+    }
+}
+
+fn page<T>(
+    items: Vec<T>,
+    n: Option<usize>,
+    last: Option<&str>,
+    key: impl Fn(&T) -> &str,
+) -> Vec<T> {
+    let n = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    items
+        .into_iter()
+        .filter(|item| last.is_none_or(|l| key(item) > l))
+        .take(n)
+        .collect()
+}

@@ -1,0 +1,219 @@
+//! Helpers shared by the store's test files: a store per configuration,
+//! images to push, and faults the driver API cannot express.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use engine::driver::{Driver, FsDriver, ObjectDriver, SimDisk, SimDriver, conformance::pattern};
+use engine::meta::MemoryMeta;
+use engine::oci::media;
+use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Fs,
+    Sim,
+    ObjectMemory,
+    ObjectDir,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 4] = [
+        Backend::Fs,
+        Backend::Sim,
+        Backend::ObjectMemory,
+        Backend::ObjectDir,
+    ];
+}
+
+/// A fresh store and what it stands on.
+pub struct Harness {
+    pub store: Store,
+    pub backend: Backend,
+    pub disk: Option<Arc<SimDisk>>,
+    pub root: Option<PathBuf>,
+    pub label: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn harness(layout: LayoutKind, policy: LockPolicy, backend: Backend) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mut disk = None;
+    let driver: Arc<dyn Driver> = match backend {
+        Backend::Fs => Arc::new(FsDriver::open(&root).unwrap()),
+        Backend::Sim => {
+            let d = SimDisk::new();
+            disk = Some(d.clone());
+            Arc::new(SimDriver::on(d))
+        }
+        Backend::ObjectMemory => Arc::new(ObjectDriver::in_memory()),
+        Backend::ObjectDir => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
+    };
+    let store = Store::open(
+        driver,
+        Arc::new(MemoryMeta::new()),
+        StoreConfig { layout, policy },
+    )
+    .await
+    .unwrap();
+    Harness {
+        store,
+        backend,
+        disk,
+        root: matches!(backend, Backend::Fs | Backend::ObjectDir).then_some(root),
+        label: format!("{layout}/{policy}/{backend:?}"),
+        _dir: Some(dir),
+    }
+}
+
+/// Every layout x policy x backend.
+pub fn all_configs() -> Vec<(LayoutKind, LockPolicy, Backend)> {
+    let mut out = Vec::new();
+    for layout in [LayoutKind::Legacy, LayoutKind::Blobstore] {
+        for policy in LockPolicy::ALL {
+            for backend in Backend::ALL {
+                out.push((layout, policy, backend));
+            }
+        }
+    }
+    out
+}
+
+impl Harness {
+    /// Flips a byte of the file at `path` in place (bit rot: every hard
+    /// link sees it). Object stores have no links, so an overwrite is the same.
+    pub async fn corrupt_in_place(&self, path: &str) {
+        match self.backend {
+            Backend::Sim => assert!(
+                self.disk.as_ref().unwrap().corrupt(path),
+                "{path} not found"
+            ),
+            Backend::Fs | Backend::ObjectDir => {
+                use std::io::{Read, Seek, SeekFrom, Write};
+                let p = self.root.as_ref().unwrap().join(path);
+                let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+                let mut f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&p)
+                    .unwrap();
+                let mut b = [0u8];
+                f.read_exact(&mut b).unwrap();
+                f.seek(SeekFrom::Start(0)).unwrap();
+                f.write_all(&[b[0] ^ 0xff]).unwrap();
+                // Bit rot does not touch the mtime.
+                f.set_modified(mtime).unwrap();
+            }
+            Backend::ObjectMemory => {
+                let path = engine::driver::DriverPath::new(path).unwrap();
+                let d = self.store.driver();
+                let mut bytes = d.get(&path, None).await.unwrap().to_vec();
+                bytes[0] ^= 0xff;
+                d.put(&path, bytes.into(), engine::driver::PutMode::Overwrite)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+pub fn repo(name: &str) -> RepoName {
+    RepoName::parse(name).unwrap()
+}
+
+pub fn tag(t: &str) -> Reference {
+    Reference::parse(t).unwrap()
+}
+
+pub fn blob(seed: u64, len: usize) -> (Digest, Bytes) {
+    let data = pattern(seed, len);
+    (Digest::sha256(&data), data)
+}
+
+/// An image: config, layers, and its OCI manifest.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub config: (Digest, Bytes),
+    pub layers: Vec<(Digest, Bytes)>,
+    pub manifest: Bytes,
+    pub digest: Digest,
+}
+
+pub fn descriptor(media_type: &str, (d, data): &(Digest, Bytes)) -> serde_json::Value {
+    serde_json::json!({"mediaType": media_type, "digest": d.to_string(), "size": data.len()})
+}
+
+pub fn image_with(
+    config: (Digest, Bytes),
+    layers: Vec<(Digest, Bytes)>,
+    subject: Option<&Digest>,
+    artifact_type: Option<&str>,
+) -> Image {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": descriptor(media::OCI_CONFIG, &config),
+        "layers": layers.iter().map(|l| descriptor(media::OCI_LAYER, l)).collect::<Vec<_>>(),
+    });
+    if let Some(s) = subject {
+        m["subject"] = serde_json::json!({"mediaType": media::OCI_MANIFEST, "digest": s.to_string(), "size": 1});
+    }
+    if let Some(at) = artifact_type {
+        m["artifactType"] = serde_json::json!(at);
+    }
+    let manifest = Bytes::from(serde_json::to_vec(&m).unwrap());
+    Image {
+        digest: Digest::sha256(&manifest),
+        config,
+        layers,
+        manifest,
+    }
+}
+
+/// An image whose config and `n` layers derive from `seed`.
+pub fn image(seed: u64, n: usize) -> Image {
+    let config = blob(seed * 1000, 64 + seed as usize % 50);
+    let layers = (1..=n as u64)
+        .map(|i| blob(seed * 1000 + i, 100 + (i as usize * 37) % 3000))
+        .collect();
+    image_with(config, layers, None, None)
+}
+
+/// Pushes every blob then the manifest, by tag (or by digest with `None`).
+pub async fn push_image(store: &Store, r: &RepoName, img: &Image, t: Option<&str>) -> Digest {
+    for (d, data) in std::iter::once(&img.config).chain(&img.layers) {
+        store.push_blob(r, d, data.clone()).await.unwrap();
+    }
+    let reference = match t {
+        Some(t) => tag(t),
+        None => Reference::Digest(img.digest.clone()),
+    };
+    store
+        .put_manifest(r, &reference, media::OCI_MANIFEST, img.manifest.clone())
+        .await
+        .unwrap()
+}
+
+/// An OCI index over `children` (pushed by digest already).
+pub fn index_of(children: &[&Image]) -> (Digest, Bytes) {
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": children.iter().map(|c| serde_json::json!({
+            "mediaType": media::OCI_MANIFEST, "digest": c.digest.to_string(), "size": c.manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+        })).collect::<Vec<_>>(),
+    });
+    let body = Bytes::from(serde_json::to_vec(&m).unwrap());
+    (Digest::sha256(&body), body)
+}
+
+/// fsck must find no error.
+pub async fn assert_clean(store: &Store, context: &str) {
+    let findings = store.fsck().await.unwrap();
+    let errors: Vec<_> = findings.iter().filter(|f| f.is_error()).collect();
+    assert!(errors.is_empty(), "{context}: fsck found {errors:#?}");
+}
