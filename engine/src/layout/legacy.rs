@@ -267,10 +267,12 @@ impl BlobLayout for LegacyLayout {
         {
             return Ok(false);
         }
-        let path = repo_blob(to, digest);
-        if path == source {
+        // Already held with good bytes (possibly as the original itself):
+        // recording it again would count one holder twice.
+        if self.stat(to, digest).await?.is_some() {
             return Ok(true);
         }
+        let path = repo_blob(to, digest);
         if is_empty_digest(digest) {
             self.driver
                 .put(&path, Bytes::new(), PutMode::Overwrite)

@@ -250,10 +250,12 @@ impl Store {
         digest: &Digest,
     ) -> StoreResult<bool> {
         let _guard = self.lock(Intent::blob_insert(to, digest)).await;
+        // A failed mount falls back to an upload into `to`, so `to` exists
+        // either way.
+        self.ensure_repo(to).await?;
         if from == to {
             return Ok(self.layout().stat(to, digest).await?.is_some());
         }
-        self.ensure_repo(to).await?;
         self.layout().mount(from, to, digest).await
     }
 
