@@ -78,9 +78,9 @@ impl BlobstoreLayout {
     pub fn new(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>) -> BlobstoreLayout {
         let local = driver.capabilities().hard_links;
         BlobstoreLayout {
+            verifier: Verifier::new(&*driver),
             driver,
             meta,
-            verifier: Verifier::default(),
             local,
         }
     }
@@ -104,6 +104,10 @@ impl BlobstoreLayout {
         }
         // Absent, or present with bytes that do not hash to `d` (corrupt):
         // the new, verified bytes replace them.
+        let size = match &source {
+            Source::Staged(staged) => driver.stat(staged).await?.size,
+            Source::Bytes(data) => data.len() as u64,
+        };
         let consumed = match source {
             Source::Staged(staged) if self.local => {
                 driver.rename(staged, &bs).await?;
@@ -123,7 +127,7 @@ impl BlobstoreLayout {
                 false
             }
         };
-        self.verifier.trust_written(driver, &bs, d).await?;
+        self.verifier.trust_written(driver, &bs, d, size).await?;
         Ok(consumed)
     }
 
@@ -150,7 +154,8 @@ impl BlobstoreLayout {
             Err(e) => return Err(e.into()),
         }
         driver.sync_dir(link.parent().as_ref()).await?;
-        self.verifier.trust_written(driver, &link, d).await
+        let size = driver.stat(&link).await?.size;
+        self.verifier.trust_written(driver, &link, d, size).await
     }
 }
 

@@ -62,9 +62,9 @@ impl LegacyLayout {
     pub fn new(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>) -> LegacyLayout {
         let local = driver.capabilities().hard_links;
         LegacyLayout {
+            verifier: Verifier::new(&*driver),
             driver,
             meta,
-            verifier: Verifier::default(),
             local,
         }
     }
@@ -124,6 +124,10 @@ impl LegacyLayout {
         source: &Source<'_>,
     ) -> StoreResult<bool> {
         let driver = &*self.driver;
+        let size = match source {
+            Source::Staged(staged) => driver.stat(staged).await?.size,
+            Source::Bytes(data) => data.len() as u64,
+        };
         let consumed = match source {
             Source::Staged(staged) if self.local => {
                 driver.rename(staged, path).await?;
@@ -140,7 +144,9 @@ impl LegacyLayout {
                 false
             }
         };
-        self.verifier.trust_written(driver, path, digest).await?;
+        self.verifier
+            .trust_written(driver, path, digest, size)
+            .await?;
         Ok(consumed)
     }
 

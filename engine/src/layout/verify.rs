@@ -2,9 +2,19 @@
 //!
 //! A blob counts as present only if its bytes hash to its digest. Hashing on
 //! every existence check would read every layer on every HEAD, so a verified
-//! blob is remembered by path, size and modification time: any rewrite of
-//! the file (a stub, a truncation, a corruption in place) changes one of
-//! them and forces a fresh check.
+//! blob is remembered:
+//!
+//! - on local drivers, by path, size and modification time, re-checked with
+//!   a (cheap) stat each time: a stub or a truncation changes them;
+//! - on object stores, where a stat is a billed round trip, what this
+//!   process wrote or verified, and has not removed since, is trusted
+//!   without one: the store is the only writer of its namespace, and every
+//!   removal path forgets the entry. (Several instances over one bucket will
+//!   need a shared invalidation; see DESIGN §5.)
+//!
+//! Silent bit rot changes neither size nor mtime, so a whole read always
+//! hashes, and a mismatch distrusts every name of that digest: the next
+//! existence check hashes again and reports the blob missing.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -17,20 +27,30 @@ use crate::sync::unmodeled::Mutex;
 /// Entries kept before the cache starts over (bounded memory).
 const CACHE_LIMIT: usize = 100_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Verifier {
     verified: Mutex<HashMap<DriverPath, Stamp>>,
+    /// Trust remembered entries without a stat (object stores).
+    remote: bool,
 }
 
 /// What a verified object looked like, and which digest it verified as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
     size: u64,
-    modified: SystemTime,
+    /// `None` for entries trusted without a stat (remote).
+    modified: Option<SystemTime>,
     digest: Digest,
 }
 
 impl Verifier {
+    pub(crate) fn new(driver: &dyn Driver) -> Verifier {
+        Verifier {
+            verified: Mutex::default(),
+            remote: driver.capabilities().durable_on_return,
+        }
+    }
+
     /// The size of the object at `path` if it exists and hashes to `digest`.
     pub(crate) async fn check(
         &self,
@@ -38,6 +58,12 @@ impl Verifier {
         path: &DriverPath,
         digest: &Digest,
     ) -> StoreResult<Option<u64>> {
+        if self.remote
+            && let Some(stamp) = self.verified.lock().unwrap().get(path)
+            && &stamp.digest == digest
+        {
+            return Ok(Some(stamp.size));
+        }
         let meta = match d.stat(path).await {
             Ok(meta) => meta,
             Err(e) if e.is_not_found() => return Ok(None),
@@ -45,7 +71,7 @@ impl Verifier {
         };
         let stamp = Stamp {
             size: meta.size,
-            modified: meta.modified,
+            modified: (!self.remote).then_some(meta.modified),
             digest: digest.clone(),
         };
         if self.verified.lock().unwrap().get(path) == Some(&stamp) {
@@ -76,19 +102,24 @@ impl Verifier {
         Ok(Some(meta.size))
     }
 
-    /// Records bytes the caller has just written and hashed itself.
+    /// Records `size` bytes the caller has just written and hashed itself.
     pub(crate) async fn trust_written(
         &self,
         d: &dyn Driver,
         path: &DriverPath,
         digest: &Digest,
+        size: u64,
     ) -> StoreResult<()> {
-        let meta = d.stat(path).await?;
+        let modified = if self.remote {
+            None
+        } else {
+            Some(d.stat(path).await?.modified)
+        };
         self.remember(
             path,
             Stamp {
-                size: meta.size,
-                modified: meta.modified,
+                size,
+                modified,
                 digest: digest.clone(),
             },
         );

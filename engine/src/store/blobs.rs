@@ -187,15 +187,25 @@ impl Store {
         self.layout().ingest(&repo, digest, &staged).await
     }
 
-    /// A monolithic upload: the whole blob in one call.
+    /// A monolithic upload: the whole blob in one call, digest known up
+    /// front. Hashed in memory, then handed to the layout directly: nothing
+    /// is staged, so a blob the store already has costs no write at all.
     pub async fn push_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         data: Bytes,
     ) -> StoreResult<()> {
-        let id = self.start_upload(repo).await?;
-        self.finish_upload(&id, digest, Some(data)).await
+        let actual = Digest::of(digest.algorithm(), &data);
+        if &actual != digest {
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
+        self.ensure_repo(repo).await?;
+        self.layout().ingest_bytes(repo, digest, data).await
     }
 
     /// The blob's size, if `repo` holds it (HEAD).

@@ -1,0 +1,160 @@
+//! Remote cost of dedupe: backend calls for pushing a 5-layer image whose
+//! layers (and config, and manifest) already exist in another repository,
+//! on the `object` driver, legacy (0-byte markers + dedupe index) against
+//! blobstore (reference rows, no markers). Calls are counted, not timed, so
+//! the figures are exact and machine-independent.
+//!
+//! `cargo bench -p engine --bench dedupe_calls` prints the table and writes
+//! `target/ocistore-bench/dedupe_calls.json` for the report generator.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use engine::driver::{CallCounts, CallKind, Driver, ObjectDriver};
+use engine::meta::MemoryMeta;
+use engine::oci::media;
+use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
+use serde_json::json;
+
+const LAYERS: u64 = 5;
+
+fn blob(seed: u64, len: usize) -> (Digest, Bytes) {
+    let data = engine::driver::conformance::pattern(seed, len);
+    (Digest::sha256(&data), data)
+}
+
+struct Image {
+    blobs: Vec<(Digest, Bytes)>,
+    manifest: Bytes,
+}
+
+fn image() -> Image {
+    let config = blob(1, 300);
+    let layers: Vec<_> = (0..LAYERS)
+        .map(|i| blob(10 + i, 20_000 + i as usize * 1000))
+        .collect();
+    let desc = |mt: &str, (d, b): &(Digest, Bytes)| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
+    let m = json!({
+        "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+        "config": desc(media::OCI_CONFIG, &config),
+        "layers": layers.iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>(),
+    });
+    let mut blobs = vec![config];
+    blobs.extend(layers);
+    Image {
+        blobs,
+        manifest: serde_json::to_vec(&m).unwrap().into(),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Flow {
+    /// HEAD each blob, then one monolithic PUT with the digest (oras, crane).
+    Monolithic,
+    /// HEAD, then POST + PATCH + PUT per blob (docker's default).
+    Chunked,
+}
+
+/// The client's push sequence, as the OCI distribution spec describes it.
+async fn push(store: &Store, repo: &RepoName, img: &Image, flow: Flow) {
+    for (d, data) in &img.blobs {
+        if store.stat_blob(repo, d).await.is_ok() {
+            continue;
+        }
+        match flow {
+            Flow::Monolithic => store.push_blob(repo, d, data.clone()).await.unwrap(),
+            Flow::Chunked => {
+                let id = store.start_upload(repo).await.unwrap();
+                store.upload_chunk(&id, None, data.clone()).await.unwrap();
+                store.finish_upload(&id, d, None).await.unwrap();
+            }
+        }
+    }
+    let tag = Reference::parse("v1").unwrap();
+    store
+        .put_manifest(repo, &tag, media::OCI_MANIFEST, img.manifest.clone())
+        .await
+        .unwrap();
+}
+
+async fn markers(store: &Store) -> usize {
+    let d = store.driver();
+    let mut n = 0;
+    for p in d.list(None).await.unwrap() {
+        let is_blob = p.as_str().contains("/blobs/sha256/");
+        if is_blob && d.stat(&p).await.unwrap().size == 0 {
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn measure(layout: LayoutKind, flow: Flow) -> (CallCounts, usize) {
+    let driver: Arc<dyn Driver> = Arc::new(ObjectDriver::in_memory());
+    let config = StoreConfig {
+        layout,
+        policy: LockPolicy::Striped,
+    };
+    let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
+        .await
+        .unwrap();
+    let img = image();
+    push(
+        &store,
+        &RepoName::parse("library/base").unwrap(),
+        &img,
+        flow,
+    )
+    .await;
+    let before = store.metrics().calls;
+    push(&store, &RepoName::parse("team/app").unwrap(), &img, flow).await;
+    let calls = store.metrics().calls.since(&before);
+    (calls, markers(&store).await)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    println!(
+        "backend calls to push a {LAYERS}-layer image already stored in another repository (object driver)\n"
+    );
+    println!(
+        "{:<11} {:<10} {:>6} {:>8}  {:<40}",
+        "flow", "layout", "calls", "markers", "by kind"
+    );
+    let mut rows = Vec::new();
+    for flow in [Flow::Monolithic, Flow::Chunked] {
+        let (legacy, legacy_markers) = measure(LayoutKind::Legacy, flow).await;
+        let (blobstore, blobstore_markers) = measure(LayoutKind::Blobstore, flow).await;
+        for (name, c, m) in [
+            ("legacy", &legacy, legacy_markers),
+            ("blobstore", &blobstore, blobstore_markers),
+        ] {
+            println!(
+                "{:<11} {:<10} {:>6} {:>8}  {c}",
+                format!("{flow:?}").to_lowercase(),
+                name,
+                c.total(),
+                m
+            );
+            rows.push(json!({
+                "flow": format!("{flow:?}").to_lowercase(), "layout": name, "calls": c.total(), "markers": m,
+                "by_kind": CallKind::ALL.iter().map(|k| (k.as_str().to_owned(), json!(c.get(*k)))).collect::<serde_json::Map<_, _>>(),
+            }));
+        }
+        let ratio = blobstore.total() as f64 / legacy.total() as f64;
+        println!(
+            "{:<11} blobstore/legacy = {ratio:.2} (target <= 0.50), blobstore markers = {blobstore_markers}\n",
+            ""
+        );
+    }
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("ocistore-bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("dedupe_calls.json"),
+        serde_json::to_vec_pretty(&rows).unwrap(),
+    )
+    .unwrap();
+}
