@@ -1,1 +1,351 @@
-fn main() {}
+//! `ocistore`: operate an ocistore root on a real directory.
+//!
+//! Exit codes: 0 success; 1 `fsck` found problems; 2 bad input or usage;
+//! 3 not found; 4 refused (denied, or the root has another configuration);
+//! 5 storage failure or a corrupt store.
+
+mod oci_dir;
+mod root;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use engine::driver::CallKind;
+use engine::{
+    Digest, ErrorCode, LayoutKind, LockPolicy, Reference, RepoName, StoreConfig, StoreError, Tag,
+};
+use serde_json::json;
+
+use crate::root::RootArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ocistore",
+    version,
+    about = "Operate an ocistore root on a real directory"
+)]
+struct Cli {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a root (or check an existing one has this configuration).
+    Init {
+        #[arg(long, value_parser = root::parse_layout, default_value = "blobstore")]
+        layout: LayoutKind,
+        #[arg(long, value_parser = root::parse_policy, default_value = "striped")]
+        policy: LockPolicy,
+    },
+    /// Import an OCI image layout directory: REPO (every tagged manifest) or REPO:TAG.
+    Import { target: String, dir: PathBuf },
+    /// Export REPO:TAG or REPO@DIGEST as an OCI image layout directory.
+    Export { target: String, dir: PathBuf },
+    /// List repositories.
+    Ls,
+    /// List the tags of a repository.
+    Tags { repo: String },
+    /// Delete a tag (REPO:TAG) or a manifest with all its tags (REPO@DIGEST).
+    Rm { target: String },
+    /// Delete a blob from a repository (REPO@DIGEST).
+    RmBlob { target: String },
+    /// Write a blob or manifest (REPO@DIGEST) to standard output.
+    Cat { target: String },
+    /// Check the store's invariants; exits 1 on any finding.
+    Fsck,
+    /// Repositories, manifests, blobs and bytes, with dedupe savings.
+    Stats,
+}
+
+/// What went wrong, and the exit code that says so.
+#[derive(Debug)]
+pub enum CliError {
+    Usage(String),
+    Store(StoreError),
+    Findings(usize),
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> CliError {
+        CliError::Store(e)
+    }
+}
+
+impl From<engine::meta::MetaError> for CliError {
+    fn from(e: engine::meta::MetaError) -> CliError {
+        CliError::Store(e.into())
+    }
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Findings(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::Store(e) => match e.code() {
+                Some(
+                    ErrorCode::BlobUnknown
+                    | ErrorCode::ManifestUnknown
+                    | ErrorCode::NameUnknown
+                    | ErrorCode::BlobUploadUnknown,
+                ) => 3,
+                Some(ErrorCode::Denied) => 4,
+                Some(_) => 2,
+                None => 5,
+            },
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            CliError::Usage(m) => m.clone(),
+            CliError::Findings(n) => format!("fsck: {n} problem(s) found"),
+            CliError::Store(e) => match e.code() {
+                Some(code) => format!("{}: {e}", code.as_str()),
+                None => e.to_string(),
+            },
+        }
+    }
+}
+
+/// `REPO`, `REPO:TAG` or `REPO@DIGEST`.
+fn parse_target(s: &str) -> Result<(RepoName, Option<Reference>), CliError> {
+    let (repo, reference) = if let Some((repo, digest)) = s.split_once('@') {
+        (
+            repo,
+            Some(Reference::Digest(
+                Digest::parse(digest).map_err(StoreError::from)?,
+            )),
+        )
+    } else if let Some((repo, tag)) = s.rsplit_once(':') {
+        (
+            repo,
+            Some(Reference::Tag(Tag::parse(tag).map_err(StoreError::from)?)),
+        )
+    } else {
+        (s, None)
+    };
+    Ok((RepoName::parse(repo).map_err(StoreError::from)?, reference))
+}
+
+fn need_reference(s: &str, r: Option<Reference>) -> Result<Reference, CliError> {
+    r.ok_or_else(|| CliError::Usage(format!("{s:?}: expected REPO:TAG or REPO@DIGEST")))
+}
+
+fn need_digest(s: &str, r: Option<Reference>) -> Result<Digest, CliError> {
+    match r {
+        Some(Reference::Digest(d)) => Ok(d),
+        _ => Err(CliError::Usage(format!("{s:?}: expected REPO@DIGEST"))),
+    }
+}
+
+fn print(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+    } else {
+        let text = text();
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let json = cli.json;
+    match cli.command {
+        Command::Init { layout, policy } => {
+            let store = root::init(&cli.root, StoreConfig { layout, policy }).await?;
+            let c = store.config();
+            print(
+                json,
+                json!({"root": cli.root.root, "layout": c.layout.as_str(), "policy": c.policy.as_str()}),
+                || {
+                    format!(
+                        "initialised {} (layout {}, policy {})",
+                        cli.root.root.display(),
+                        c.layout,
+                        c.policy
+                    )
+                },
+            );
+        }
+        Command::Import { target, dir } => {
+            let (repo, reference) = parse_target(&target)?;
+            let tag = match reference {
+                None => None,
+                Some(Reference::Tag(t)) => Some(t),
+                Some(Reference::Digest(_)) => {
+                    return Err(CliError::Usage("import takes REPO or REPO:TAG".into()));
+                }
+            };
+            let store = root::open(&cli.root).await?;
+            let report = oci_dir::import(&store, &repo, tag.as_ref(), &dir).await?;
+            print(json, serde_json::to_value(&report).expect("json"), || {
+                format!(
+                    "imported {} manifest(s) into {} (tags: {}); {} blob(s) uploaded ({} bytes), {} already present",
+                    report.manifests,
+                    report.repo,
+                    report.tags.join(", "),
+                    report.blobs_uploaded,
+                    report.bytes_uploaded,
+                    report.blobs_already_present
+                )
+            });
+        }
+        Command::Export { target, dir } => {
+            let (repo, reference) = parse_target(&target)?;
+            let reference = need_reference(&target, reference)?;
+            let store = root::open(&cli.root).await?;
+            let report = oci_dir::export(&store, &repo, &reference, &dir).await?;
+            print(json, serde_json::to_value(&report).expect("json"), || {
+                format!(
+                    "exported {} ({}) to {}: {} blob(s), {} bytes",
+                    report.manifest,
+                    report.media_type,
+                    dir.display(),
+                    report.blobs,
+                    report.bytes
+                )
+            });
+        }
+        Command::Ls => {
+            let store = root::open(&cli.root).await?;
+            let repos: Vec<String> = store
+                .catalog(None, None)
+                .await?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            print(json, json!(repos), || repos.join("\n"));
+        }
+        Command::Tags { repo } => {
+            let repo = RepoName::parse(&repo).map_err(StoreError::from)?;
+            let store = root::open(&cli.root).await?;
+            let tags: Vec<String> = store
+                .tags(&repo, None, None)
+                .await?
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            print(json, json!(tags), || tags.join("\n"));
+        }
+        Command::Rm { target } => {
+            let (repo, reference) = parse_target(&target)?;
+            let reference = need_reference(&target, reference)?;
+            let store = root::open(&cli.root).await?;
+            store.delete_manifest(&repo, &reference).await?;
+            print(json, json!({"deleted": target}), || {
+                format!("deleted {target}")
+            });
+        }
+        Command::RmBlob { target } => {
+            let (repo, reference) = parse_target(&target)?;
+            let digest = need_digest(&target, reference)?;
+            let store = root::open(&cli.root).await?;
+            store.delete_blob(&repo, &digest).await?;
+            print(json, json!({"deleted": target}), || {
+                format!("deleted {target}")
+            });
+        }
+        Command::Cat { target } => {
+            let (repo, reference) = parse_target(&target)?;
+            let digest = need_digest(&target, reference)?;
+            let store = root::open(&cli.root).await?;
+            let data = store.get_blob(&repo, &digest).await?;
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&data)
+                .map_err(|e| CliError::Usage(format!("writing to stdout: {e}")))?;
+        }
+        Command::Fsck => {
+            let store = root::open(&cli.root).await?;
+            let findings = store.fsck().await?;
+            let errors = findings.iter().filter(|f| f.is_error()).count();
+            print(
+                json,
+                json!({"errors": errors, "findings": findings}),
+                || {
+                    let mut lines: Vec<String> = findings.iter().map(ToString::to_string).collect();
+                    lines.push(format!(
+                        "fsck: {errors} error(s), {} note(s)",
+                        findings.len() - errors
+                    ));
+                    lines.join("\n")
+                },
+            );
+            if errors > 0 {
+                return Err(CliError::Findings(errors));
+            }
+        }
+        Command::Stats => {
+            let store = root::open(&cli.root).await?;
+            let (mut manifests, mut tags, mut references, mut logical) =
+                (0usize, 0usize, 0usize, 0u64);
+            let mut unique: BTreeSet<(Digest, u64)> = BTreeSet::new();
+            let repos = store.catalog(None, None).await?;
+            for repo in &repos {
+                tags += store.tags(repo, None, None).await?.len();
+                for d in store.repo_blobs(repo).await? {
+                    let Ok(size) = store.stat_blob(repo, &d).await else {
+                        continue;
+                    };
+                    references += 1;
+                    logical += size;
+                    unique.insert((d, size));
+                }
+                manifests += store.manifest_count(repo).await?;
+            }
+            let stored: u64 = unique.iter().map(|(_, s)| s).sum();
+            let calls = store.metrics().calls;
+            let c = store.config();
+            let value = json!({
+                "layout": c.layout.as_str(), "policy": c.policy.as_str(),
+                "repositories": repos.len(), "manifests": manifests, "tags": tags,
+                "blob_references": references, "unique_blobs": unique.len(),
+                "logical_bytes": logical, "stored_bytes": stored,
+                "driver_calls": CallKind::ALL.iter().map(|k| (k.as_str().to_owned(), json!(calls.get(*k)))).collect::<serde_json::Map<_, _>>(),
+            });
+            print(json, value, || {
+                format!(
+                    "layout {} policy {}\nrepositories {}\nmanifests {}\ntags {}\nblob references {}\nunique blobs {}\nlogical bytes {logical}\nstored bytes {stored} (dedupe saves {:.1}%)\ndriver calls for this report: {calls}",
+                    c.layout,
+                    c.policy,
+                    repos.len(),
+                    manifests,
+                    tags,
+                    references,
+                    unique.len(),
+                    if logical == 0 {
+                        0.0
+                    } else {
+                        100.0 * (logical - stored) as f64 / logical as f64
+                    }
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ocistore: {}", e.message());
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -86,7 +86,7 @@ pub enum StoreError {
     ManifestBlobUnknown { repo: String, digest: Digest },
     #[error("unsupported: {what}")]
     Unsupported { what: String },
-    #[error("denied: {reason}")]
+    #[error("{reason}")]
     Denied { reason: String },
     /// A backend failed; the operation changed nothing acknowledged.
     #[error("storage: {0}")]

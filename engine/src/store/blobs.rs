@@ -269,6 +269,15 @@ impl Store {
         self.layout().mount(from, to, digest).await
     }
 
+    /// Every digest `repo` holds (blobs and manifests), sorted.
+    pub async fn repo_blobs(&self, repo: &RepoName) -> StoreResult<Vec<Digest>> {
+        let _guard = self.lock(Intent::blob_read(repo)).await;
+        self.require_repo(repo).await?;
+        let mut digests = self.layout().repo_digests(repo).await?;
+        digests.sort();
+        Ok(digests)
+    }
+
     /// Removes `digest` from `repo`. Refused (`DENIED`) while a manifest of
     /// the repository references it, or while it is one of its manifests.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> StoreResult<()> {

@@ -250,6 +250,18 @@ impl Store {
         Ok(out)
     }
 
+    /// How many distinct manifests `repo` has (rows of its index.json).
+    pub async fn manifest_count(&self, repo: &RepoName) -> StoreResult<usize> {
+        let _guard = self.lock(Intent::repo_read(repo)).await;
+        let index = self.load_index(repo).await?;
+        Ok(index
+            .manifests
+            .iter()
+            .map(|r| &r.digest)
+            .collect::<HashSet<_>>()
+            .len())
+    }
+
     /// The stored manifest of an index row, parsed; `None` if its bytes are
     /// gone or do not parse (fsck reports those).
     pub(crate) async fn parse_stored(
