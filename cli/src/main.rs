@@ -63,6 +63,16 @@ enum Command {
     Fsck,
     /// Repositories, manifests, blobs and bytes, with dedupe savings.
     Stats,
+    /// Collect garbage: untagged manifests, orphaned referrers, unreferenced
+    /// blobs, stale uploads, emptied repositories, unheld _blobstore blobs.
+    Gc {
+        /// Keep garbage younger than this (e.g. 0s, 30m, 1h, 2d).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        delay: std::time::Duration,
+        /// Report what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// What went wrong, and the exit code that says so.
@@ -114,6 +124,24 @@ impl CliError {
             },
         }
     }
+}
+
+/// `90s`, `30m`, `1h`, `2d`, or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// `REPO`, `REPO:TAG` or `REPO@DIGEST`.
@@ -284,6 +312,38 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             if errors > 0 {
                 return Err(CliError::Findings(errors));
             }
+        }
+        Command::Gc { delay, dry_run } => {
+            let store = root::open(&cli.root).await?;
+            let report = store.gc(engine::gc::GcOptions { delay, dry_run }).await?;
+            print(json, serde_json::to_value(&report).expect("json"), || {
+                use engine::gc::GcKind::*;
+                let verb = if dry_run { "would remove" } else { "removed" };
+                let mut lines: Vec<String> = report
+                    .items
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{verb} {:?} {} {}",
+                            i.kind,
+                            i.repo.as_deref().unwrap_or("_blobstore"),
+                            i.digest.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                lines.push(format!(
+                    "gc: {} repos scanned; {verb} {} manifest(s), {} blob reference(s), {} _blobstore blob(s), {} upload(s), {} repo(s); {} bytes freed in {:.1} ms",
+                    report.repos_scanned,
+                    report.count(Manifest),
+                    report.count(Blob),
+                    report.count(BlobstoreBlob),
+                    report.count(Upload),
+                    report.count(Repository),
+                    report.bytes_freed,
+                    report.pass_ns as f64 / 1e6
+                ));
+                lines.join("\n")
+            });
         }
         Command::Stats => {
             let store = root::open(&cli.root).await?;

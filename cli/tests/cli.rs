@@ -198,6 +198,24 @@ fn round_trip(backend: &'static str) {
     root.ok(&["rm", "org/app:solo"]);
     root.fails(&["rm", "org/app:solo"], 3);
     root.ok(&["fsck"]);
+
+    // GC: a 1h delay keeps the untagged image; a dry run names it; delay 0 takes it.
+    let kept: serde_json::Value = serde_json::from_str(&root.ok(&["--json", "gc"])).unwrap();
+    assert_eq!(kept["items"].as_array().unwrap().len(), 0, "{kept}");
+    let dry: serde_json::Value =
+        serde_json::from_str(&root.ok(&["--json", "gc", "--delay", "0s", "--dry-run"])).unwrap();
+    let real: serde_json::Value =
+        serde_json::from_str(&root.ok(&["--json", "gc", "--delay", "0s"])).unwrap();
+    assert!(!dry["items"].as_array().unwrap().is_empty());
+    assert_eq!(
+        dry["items"].as_array().unwrap().len(),
+        real["items"].as_array().unwrap().len(),
+        "{dry} vs {real}"
+    );
+    assert!(real["bytes_freed"].as_u64().unwrap() > 9_000_000, "{real}");
+    root.fails(&["gc", "--delay", "soon"], 2);
+    root.ok(&["fsck"]);
+    root.ok(&["export", "org/app:v1", &path("after-gc")]);
 }
 
 #[test]

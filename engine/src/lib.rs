@@ -7,6 +7,7 @@
 //!
 //! Read top-down:
 //! - [`store`]: the operations (repos, uploads, blobs, manifests, referrers, fsck).
+//! - [`gc`]: garbage collection without stop-the-world.
 //! - [`lock`]: the lock manager, the three policies, the lock-plan table.
 //! - [`layout`]: where blobs live and how references are recorded (legacy, blobstore).
 //! - [`meta`]: what the filesystem cannot say (reference rows, dedupe index, progress).
@@ -18,6 +19,7 @@
 pub mod digest;
 pub mod driver;
 pub mod error;
+pub mod gc;
 pub mod layout;
 pub mod lock;
 pub mod meta;

@@ -23,12 +23,13 @@ use bytes::Bytes;
 
 use super::verify::read_verified;
 use super::{
-    BlobLayout, LayoutKind, Verifier, blobstore_blob, parse_blob_paths, repo_blob, repo_blobs_dir,
+    BlobLayout, LayoutKind, Verifier, blobstore_blob, blobstore_dir, parse_blob_paths, repo_blob,
+    repo_blobs_dir,
 };
 use crate::digest::Digest;
 use crate::driver::{Driver, DriverPath, PutMode};
 use crate::error::StoreResult;
-use crate::meta::{Batch, MetaStore, Table};
+use crate::meta::{Batch, MetaStore, Table, scan_keys};
 use crate::oci::names::RepoName;
 
 /// The blobstore layout on any driver.
@@ -52,26 +53,6 @@ pub(crate) fn ref_by_digest(d: &Digest, repo: &RepoName) -> Vec<u8> {
 
 pub(crate) fn ref_by_repo(repo: &RepoName, d: &Digest) -> Vec<u8> {
     format!("r\0{repo}\0{d}").into_bytes()
-}
-
-/// Every key of `table` starting with `prefix`, paging through the store.
-pub(crate) async fn scan_all(
-    meta: &dyn MetaStore,
-    table: Table,
-    prefix: &[u8],
-) -> StoreResult<Vec<Vec<u8>>> {
-    const PAGE: usize = 1000;
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    loop {
-        let page = meta
-            .scan(table, prefix, out.last().map(Vec::as_slice), PAGE)
-            .await?;
-        let done = page.len() < PAGE;
-        out.extend(page.into_iter().map(|(k, _)| k));
-        if done {
-            return Ok(out);
-        }
-    }
 }
 
 impl BlobstoreLayout {
@@ -261,12 +242,37 @@ impl BlobLayout for BlobstoreLayout {
             return Ok(parse_blob_paths(&dir, &paths));
         }
         let prefix = format!("r\0{repo}\0").into_bytes();
-        let keys = scan_all(&*self.meta, Table::REFS, &prefix).await?;
+        let keys = scan_keys(&*self.meta, Table::REFS, &prefix).await?;
         Ok(keys
             .iter()
             .filter_map(|k| std::str::from_utf8(&k[prefix.len()..]).ok())
             .filter_map(|d| Digest::parse(d).ok())
             .collect())
+    }
+
+    async fn blobstore_digests(&self) -> StoreResult<Vec<Digest>> {
+        let dir = blobstore_dir();
+        let paths = self.driver.list(Some(&dir)).await?;
+        Ok(parse_blob_paths(&dir, &paths))
+    }
+
+    async fn sweep(&self, digest: &Digest) -> StoreResult<Option<u64>> {
+        // The final re-check (Quay does the same under its per-digest lock):
+        // a push that linked or recorded this digest since the candidate
+        // list was made wins, and nothing is deleted.
+        if self.recorded_holders(digest).await? > 0 {
+            return Ok(None);
+        }
+        let bs = blobstore_blob(digest);
+        let size = match self.driver.stat(&bs).await {
+            Ok(meta) => meta.size,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        self.driver.delete(&bs).await?;
+        self.verifier.distrust(digest);
+        self.driver.sync_dir(bs.parent().as_ref()).await?;
+        Ok(Some(size))
     }
 
     async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64> {
@@ -278,6 +284,6 @@ impl BlobLayout for BlobstoreLayout {
             };
         }
         let prefix = format!("d\0{digest}\0").into_bytes();
-        Ok(scan_all(&*self.meta, Table::REFS, &prefix).await?.len() as u64)
+        Ok(scan_keys(&*self.meta, Table::REFS, &prefix).await?.len() as u64)
     }
 }

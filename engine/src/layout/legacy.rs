@@ -327,6 +327,14 @@ impl BlobLayout for LegacyLayout {
         Ok(parse_blob_paths(&dir, &paths))
     }
 
+    async fn blobstore_digests(&self) -> StoreResult<Vec<Digest>> {
+        Ok(Vec::new())
+    }
+
+    async fn sweep(&self, _digest: &Digest) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
+
     async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64> {
         let entry = self.entry(digest).await?;
         Ok(u64::from(entry.original.is_some()) + entry.duplicates.len() as u64)

@@ -174,6 +174,14 @@ pub trait BlobLayout: Send + Sync + fmt::Debug {
     /// Every digest `repo` holds a record of (valid or not).
     async fn repo_digests(&self, repo: &RepoName) -> StoreResult<Vec<Digest>>;
 
+    /// Digests held in the shared `_blobstore` (empty for the legacy layout).
+    async fn blobstore_digests(&self) -> StoreResult<Vec<Digest>>;
+
+    /// Deletes the shared copy of `digest` if, checked now, no repository
+    /// holds it; returns the bytes freed. The caller holds the sweep plan,
+    /// which is what makes this final re-check race-free. Legacy: no-op.
+    async fn sweep(&self, digest: &Digest) -> StoreResult<Option<u64>>;
+
     /// How many repositories the reference truth says hold `digest`
     /// (link count - 1, reference rows, or dedupe-index entries).
     async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64>;

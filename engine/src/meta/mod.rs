@@ -187,3 +187,23 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
 pub(crate) fn in_scan(key: &[u8], prefix: &[u8], after: Option<&[u8]>) -> bool {
     key.starts_with(prefix) && after.is_none_or(|a| key > a)
 }
+
+/// Every key of `table` starting with `prefix`, paging through the store.
+pub async fn scan_keys(
+    meta: &dyn MetaStore,
+    table: Table,
+    prefix: &[u8],
+) -> MetaResult<Vec<Vec<u8>>> {
+    const PAGE: usize = 1000;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let page = meta
+            .scan(table, prefix, out.last().map(Vec::as_slice), PAGE)
+            .await?;
+        let done = page.len() < PAGE;
+        out.extend(page.into_iter().map(|(k, _)| k));
+        if done {
+            return Ok(out);
+        }
+    }
+}

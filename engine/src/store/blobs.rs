@@ -7,7 +7,7 @@
 //! [`Store::finish_upload`]). Only a verified upload enters the layout, under
 //! the `blob_insert` lock plan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::time::SystemTime;
 
@@ -28,6 +28,9 @@ use crate::sync::unmodeled::Mutex;
 #[derive(Default)]
 pub(crate) struct Uploads {
     sessions: Mutex<HashMap<String, Session>>,
+    /// Sessions between commit and ingest: their staged file is visible
+    /// but not garbage.
+    finishing: Mutex<HashSet<String>>,
 }
 
 struct Session {
@@ -59,6 +62,21 @@ impl Uploads {
 
     fn put_back(&self, id: &str, session: Session) {
         self.sessions.lock().unwrap().insert(id.to_owned(), session);
+    }
+
+    /// Open sessions: id, repository, start time.
+    pub(crate) fn open_sessions(&self) -> Vec<(String, RepoName, SystemTime)> {
+        let sessions = self.sessions.lock().unwrap();
+        sessions
+            .iter()
+            .map(|(id, s)| (id.clone(), s.repo.clone(), s.started))
+            .collect()
+    }
+
+    /// Whether `id` is open or finishing (its staged file is in use).
+    pub(crate) fn in_use(&self, id: &str) -> bool {
+        self.sessions.lock().unwrap().contains_key(id)
+            || self.finishing.lock().unwrap().contains(id)
     }
 }
 
@@ -163,7 +181,6 @@ impl Store {
             session.writer.write(last).await?;
         }
         let repo = session.repo.clone();
-        let staged = layout::upload(&repo, id);
         let streamed = session.hasher.finish();
         if digest.algorithm() == Algorithm::Sha256 && &streamed != digest {
             session.writer.abort().await?;
@@ -172,7 +189,27 @@ impl Store {
                 actual: streamed,
             });
         }
-        session.writer.commit().await?;
+        self.inner
+            .uploads
+            .finishing
+            .lock()
+            .unwrap()
+            .insert(id.to_owned());
+        let result = self.ingest_upload(&repo, id, digest, session.writer).await;
+        self.inner.uploads.finishing.lock().unwrap().remove(id);
+        result
+    }
+
+    /// Commits a verified upload and hands it to the layout.
+    async fn ingest_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        writer: Box<dyn BlobWriter>,
+    ) -> StoreResult<()> {
+        let staged = layout::upload(repo, id);
+        writer.commit().await?;
         if digest.algorithm() != Algorithm::Sha256 {
             let actual = Digest::of(digest.algorithm(), &self.driver().get(&staged, None).await?);
             if &actual != digest {
@@ -183,8 +220,8 @@ impl Store {
                 });
             }
         }
-        let _guard = self.lock(Intent::blob_insert(&repo, digest)).await;
-        self.layout().ingest(&repo, digest, &staged).await
+        let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
+        self.layout().ingest(repo, digest, &staged).await
     }
 
     /// A monolithic upload: the whole blob in one call, digest known up

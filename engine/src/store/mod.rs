@@ -11,7 +11,7 @@ mod fsck;
 mod manifests;
 mod repos;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +84,9 @@ struct Inner {
     uploads: blobs::Uploads,
     /// Repositories known to exist, so pushes do not stat index.json each time.
     known_repos: Mutex<HashSet<RepoName>>,
+    /// Bumped on every index.json write: GC re-checks a repository's
+    /// references only when its generation moved (one process per root).
+    generations: Mutex<HashMap<RepoName, u64>>,
     id_counter: AtomicU64,
     instance: u64,
 }
@@ -177,6 +180,7 @@ impl Store {
                 locks: LockManager::new(config.policy),
                 uploads: blobs::Uploads::default(),
                 known_repos: Mutex::new(HashSet::new()),
+                generations: Mutex::new(HashMap::new()),
                 id_counter: AtomicU64::new(0),
                 instance,
             }),
@@ -208,11 +212,11 @@ impl Store {
         &*self.inner.meta
     }
 
-    fn layout(&self) -> &dyn BlobLayout {
+    pub(crate) fn layout(&self) -> &dyn BlobLayout {
         &*self.inner.layout
     }
 
-    async fn lock(&self, intent: Intent) -> LockGuard {
+    pub(crate) async fn lock(&self, intent: Intent) -> LockGuard {
         self.inner.locks.acquire(&intent).await
     }
 
@@ -221,9 +225,24 @@ impl Store {
         format!("{:016x}-{n:08x}", self.inner.instance)
     }
 
+    pub(crate) fn uploads(&self) -> &blobs::Uploads {
+        &self.inner.uploads
+    }
+
+    /// How many times `repo`'s index.json was written by this process.
+    pub(crate) fn generation(&self, repo: &RepoName) -> u64 {
+        self.inner
+            .generations
+            .lock()
+            .unwrap()
+            .get(repo)
+            .copied()
+            .unwrap_or(0)
+    }
+
     // --- index.json -------------------------------------------------------
 
-    async fn load_index(&self, repo: &RepoName) -> StoreResult<ImageIndex> {
+    pub(crate) async fn load_index(&self, repo: &RepoName) -> StoreResult<ImageIndex> {
         match self.driver().get(&layout::index_json(repo), None).await {
             Ok(body) => serde_json::from_slice(&body)
                 .map_err(|e| StoreError::Corrupt(format!("{repo}/index.json: {e}"))),
@@ -235,7 +254,14 @@ impl Store {
     }
 
     /// Replaces index.json atomically (the driver's commit protocol).
-    async fn save_index(&self, repo: &RepoName, index: &ImageIndex) -> StoreResult<()> {
+    pub(crate) async fn save_index(&self, repo: &RepoName, index: &ImageIndex) -> StoreResult<()> {
+        *self
+            .inner
+            .generations
+            .lock()
+            .unwrap()
+            .entry(repo.clone())
+            .or_default() += 1;
         let body = serde_json::to_vec(index).expect("index serialises");
         Ok(self
             .driver()

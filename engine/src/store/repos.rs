@@ -67,6 +67,17 @@ impl Store {
         }
     }
 
+    /// Removes an empty repository's own files (GC, under its lock).
+    pub(crate) async fn remove_repo_files(&self, repo: &RepoName) -> StoreResult<()> {
+        self.inner.known_repos.lock().unwrap().remove(repo);
+        let d = self.driver();
+        // index.json first: without it the directory is no longer a repository.
+        d.delete(&layout::index_json(repo)).await?;
+        d.delete(&layout::oci_layout(repo)).await?;
+        d.sync_dir(Some(&layout::repo_dir(repo))).await?;
+        Ok(())
+    }
+
     /// Repositories in lexical order, after `last`, at most `n` (OCI paging).
     /// `_blobstore` and every `_`-prefixed name are never listed.
     pub async fn catalog(

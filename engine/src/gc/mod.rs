@@ -1,0 +1,460 @@
+//! Garbage collection without stop-the-world (DESIGN §7).
+//!
+//! One pass = a pass over every repository, then the `_blobstore` sweep.
+//!
+//! **Repository pass** (under `repo_change`: the repository exclusive):
+//! load index.json once, parse each manifest once, compute what is kept
+//! ([`reach`]), drop unkept rows, and list unkept blobs. The blobs are then
+//! removed one at a time, each under its own `blob_remove` plan, so pushes
+//! to the repository interleave with the pass. Before each removal the
+//! repository's generation (bumped by every index.json write) is compared
+//! with the one the analysis saw: if a manifest changed meanwhile, the kept
+//! set is recomputed before anything goes. That closes the
+//! compute-then-delete race (TOCTOU) without re-reading every manifest per
+//! blob (zot #4235). Stale uploads go last; an empty repository goes whole.
+//!
+//! **Blobstore sweep**: a `_blobstore` digest no repository holds is
+//! deleted only after [`BlobLayout::sweep`] re-checks, under the digest's
+//! lock (`striped`) or the blobstore lock (`split`), that still no
+//! repository holds it. Under `striped` no GC step takes the blobstore lock
+//! exclusively.
+//!
+//! **Delay**: nothing goes until it has been garbage for `delay`. Rather
+//! than trusting push times (a hard-linked inode's mtime is the first push
+//! anywhere), GC records in the metadata store when it first saw each item
+//! unreferenced, and forgets the mark when the item is referenced again.
+//! A delay of zero keeps no marks.
+//!
+//! [`BlobLayout::sweep`]: crate::layout::BlobLayout::sweep
+
+mod reach;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::{StoreError, StoreResult};
+use crate::layout::{self, LayoutKind};
+use crate::lock::{Domain, Intent, Mode};
+use crate::meta::{Batch, Table};
+use crate::oci::manifest::{Descriptor, Manifest};
+use crate::oci::names::RepoName;
+use crate::store::Store;
+use crate::sync::Instant;
+
+/// How a pass behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Garbage younger than this stays.
+    pub delay: Duration,
+    /// Report what would go; change nothing.
+    pub dry_run: bool,
+}
+
+/// One thing removed (or, in a dry run, that would be).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GcItem {
+    pub kind: GcKind,
+    pub repo: Option<String>,
+    pub digest: Option<String>,
+    /// Bytes freed on the backend (0 for references, markers and rows).
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GcKind {
+    /// A manifest row dropped from index.json.
+    Manifest,
+    /// A blob removed from a repository.
+    Blob,
+    /// A `_blobstore` copy deleted.
+    BlobstoreBlob,
+    /// An upload session or leftover upload file.
+    Upload,
+    /// An emptied repository.
+    Repository,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub repos_scanned: usize,
+    pub items: Vec<GcItem>,
+    pub bytes_freed: u64,
+    /// Wall (or virtual, under madsim) time of the pass.
+    pub pass_ns: u64,
+    /// Exclusive acquisitions of the blobstore lock during the pass, by
+    /// anyone (zero under `striped` unless something stopped the world).
+    pub blobstore_exclusive_acquisitions: u64,
+}
+
+impl GcReport {
+    pub fn count(&self, kind: GcKind) -> usize {
+        self.items.iter().filter(|i| i.kind == kind).count()
+    }
+
+    fn add(&mut self, kind: GcKind, repo: Option<&RepoName>, digest: Option<&Digest>, bytes: u64) {
+        self.bytes_freed += bytes;
+        self.items.push(GcItem {
+            kind,
+            repo: repo.map(ToString::to_string),
+            digest: digest.map(ToString::to_string),
+            bytes,
+        });
+    }
+}
+
+/// What one repository keeps, and the generation it was computed at.
+struct Analysis {
+    generation: u64,
+    keep: HashSet<Digest>,
+}
+
+fn mark_key(scope: &str, item: &str) -> Vec<u8> {
+    format!("mark\0{scope}\0{item}").into_bytes()
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Store {
+    /// Runs one GC pass over the whole store.
+    pub async fn gc(&self, opts: GcOptions) -> StoreResult<GcReport> {
+        let started = Instant::now();
+        let exclusive_before = self
+            .metrics()
+            .locks
+            .get(Domain::Blobstore, Mode::Exclusive)
+            .acquisitions();
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..GcReport::default()
+        };
+        // References a dry run would have removed, so its sweep can say what
+        // a real pass would sweep.
+        let mut dropped: HashMap<Digest, u64> = HashMap::new();
+        for repo in self.catalog(None, None).await? {
+            report.repos_scanned += 1;
+            self.gc_repo(&repo, opts, &mut report, &mut dropped).await?;
+        }
+        self.gc_blobstore(opts, &mut report, &dropped).await?;
+        report.pass_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        report.blobstore_exclusive_acquisitions = self
+            .metrics()
+            .locks
+            .get(Domain::Blobstore, Mode::Exclusive)
+            .acquisitions()
+            - exclusive_before;
+        Ok(report)
+    }
+
+    /// True once `item` has been garbage for `delay` (marking it on first sight).
+    async fn aged(
+        &self,
+        scope: &str,
+        item: &str,
+        opts: GcOptions,
+        seen: &mut Vec<Vec<u8>>,
+    ) -> StoreResult<bool> {
+        if opts.delay.is_zero() {
+            return Ok(true);
+        }
+        let key = mark_key(scope, item);
+        seen.push(key.clone());
+        let now = millis(SystemTime::now());
+        match self.meta().get(Table::GC, &key).await? {
+            Some(v) => {
+                let since = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(now);
+                Ok(now.saturating_sub(since) >= opts.delay.as_millis() as u64)
+            }
+            None => {
+                if !opts.dry_run {
+                    self.meta()
+                        .commit(Batch::new().put(Table::GC, key, now.to_string()))
+                        .await?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Forgets marks of `scope` that this pass did not see as garbage.
+    async fn clear_marks(&self, scope: &str, seen: &[Vec<u8>], opts: GcOptions) -> StoreResult<()> {
+        if opts.delay.is_zero() || opts.dry_run {
+            return Ok(());
+        }
+        let seen: HashSet<&[u8]> = seen.iter().map(Vec::as_slice).collect();
+        let prefix = format!("mark\0{scope}\0").into_bytes();
+        let stale: Vec<Vec<u8>> = crate::meta::scan_keys(self.meta(), Table::GC, &prefix)
+            .await?
+            .into_iter()
+            .filter(|k| !seen.contains(k.as_slice()))
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let batch = stale
+            .into_iter()
+            .fold(Batch::new(), |b, k| b.delete(Table::GC, k));
+        Ok(self.meta().commit(batch).await?)
+    }
+
+    /// Rows of `repo` with their parsed manifests (each read once).
+    async fn parsed_rows(
+        &self,
+        repo: &RepoName,
+        rows: &[Descriptor],
+    ) -> StoreResult<Vec<(Descriptor, Option<Manifest>)>> {
+        let mut parsed: HashMap<Digest, Option<Manifest>> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if !parsed.contains_key(&row.digest) {
+                parsed.insert(row.digest.clone(), self.parse_stored(repo, row).await?);
+            }
+            out.push((row.clone(), parsed[&row.digest].clone()));
+        }
+        Ok(out)
+    }
+
+    /// Every blob the given rows keep: the rows' manifests and what those reference.
+    fn kept_blobs(rows: &[(Descriptor, Option<Manifest>)]) -> HashSet<Digest> {
+        let mut keep = HashSet::new();
+        for (row, m) in rows {
+            keep.insert(row.digest.clone());
+            if let Some(m) = m {
+                keep.extend(m.blobs().into_iter().map(|b| b.digest.clone()));
+            }
+        }
+        keep
+    }
+
+    /// Under the repository's exclusive lock: prune rows, return what stays.
+    async fn analyse(
+        &self,
+        repo: &RepoName,
+        opts: GcOptions,
+        report: &mut GcReport,
+        seen: &mut Vec<Vec<u8>>,
+    ) -> StoreResult<Option<(Analysis, Vec<Digest>)>> {
+        let mut index = match self.load_index(repo).await {
+            Ok(index) => index,
+            Err(StoreError::NameUnknown { .. }) => return Ok(None), // gone meanwhile
+            Err(e) => return Err(e),
+        };
+        let rows = self.parsed_rows(repo, &index.manifests).await?;
+        let reached = reach::reach(&rows);
+        let mut drop_rows = HashSet::new();
+        for (row, _) in &rows {
+            if !reached.manifests.contains(&row.digest)
+                && !drop_rows.contains(&row.digest)
+                && self
+                    .aged(repo.as_str(), &format!("m:{}", row.digest), opts, seen)
+                    .await?
+            {
+                drop_rows.insert(row.digest.clone());
+            }
+        }
+        let remaining: Vec<_> = rows
+            .into_iter()
+            .filter(|(row, _)| !drop_rows.contains(&row.digest))
+            .collect();
+        if !drop_rows.is_empty() {
+            for d in &drop_rows {
+                report.add(GcKind::Manifest, Some(repo), Some(d), 0);
+            }
+            if !opts.dry_run {
+                index
+                    .manifests
+                    .retain(|row| !drop_rows.contains(&row.digest));
+                self.save_index(repo, &index).await?;
+            }
+        }
+        let keep = Store::kept_blobs(&remaining);
+        let mut candidates = Vec::new();
+        for d in self.layout().repo_digests(repo).await? {
+            if !keep.contains(&d)
+                && self
+                    .aged(repo.as_str(), &format!("b:{d}"), opts, seen)
+                    .await?
+            {
+                candidates.push(d);
+            }
+        }
+        let analysis = Analysis {
+            generation: self.generation(repo),
+            keep,
+        };
+        Ok(Some((analysis, candidates)))
+    }
+
+    async fn gc_repo(
+        &self,
+        repo: &RepoName,
+        opts: GcOptions,
+        report: &mut GcReport,
+        dropped: &mut HashMap<Digest, u64>,
+    ) -> StoreResult<()> {
+        let mut seen = Vec::new();
+        let analysed = {
+            let _guard = self.lock(Intent::repo_change(repo)).await;
+            self.analyse(repo, opts, report, &mut seen).await?
+        };
+        let Some((mut analysis, candidates)) = analysed else {
+            return Ok(());
+        };
+
+        for d in candidates {
+            let _guard = self.lock(Intent::blob_remove(repo, &d)).await;
+            if self.generation(repo) != analysis.generation {
+                // A manifest changed since the analysis: recompute what is kept.
+                let index = self.load_index(repo).await?;
+                let rows = self.parsed_rows(repo, &index.manifests).await?;
+                analysis = Analysis {
+                    generation: self.generation(repo),
+                    keep: Store::kept_blobs(&rows),
+                };
+            }
+            if analysis.keep.contains(&d) {
+                continue;
+            }
+            let Some(size) = self.layout().stat(repo, &d).await? else {
+                continue; // removed meanwhile
+            };
+            *dropped.entry(d.clone()).or_default() += 1;
+            if opts.dry_run {
+                report.add(GcKind::Blob, Some(repo), Some(&d), 0);
+                continue;
+            }
+            self.layout().remove(repo, &d).await?;
+            // The legacy layout frees bytes when the last holder goes; the
+            // blobstore frees them in the sweep.
+            let shared_namespace = self.config().layout == LayoutKind::Blobstore;
+            let freed = if shared_namespace || self.layout().recorded_holders(&d).await? > 0 {
+                0
+            } else {
+                size
+            };
+            report.add(GcKind::Blob, Some(repo), Some(&d), freed);
+        }
+
+        self.gc_uploads(repo, opts, report).await?;
+        self.clear_marks(repo.as_str(), &seen, opts).await?;
+        if !opts.dry_run {
+            let _guard = self.lock(Intent::repo_change(repo)).await;
+            self.remove_if_empty(repo, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Upload sessions, and upload files left by a crash, older than the delay.
+    async fn gc_uploads(
+        &self,
+        repo: &RepoName,
+        opts: GcOptions,
+        report: &mut GcReport,
+    ) -> StoreResult<()> {
+        let now = SystemTime::now();
+        let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= opts.delay;
+        for (id, session_repo, started) in self.uploads().open_sessions() {
+            if &session_repo == repo && old(started) {
+                report.add(GcKind::Upload, Some(repo), None, 0);
+                if !opts.dry_run {
+                    // It may have finished meanwhile; either way it is gone.
+                    let _ = self.cancel_upload(&id).await;
+                }
+            }
+        }
+        let dir = layout::repo_dir(repo).join(".uploads").expect("valid");
+        for path in self.driver().list(Some(&dir)).await? {
+            if self.uploads().in_use(path.file_name()) {
+                continue;
+            }
+            let meta = match self.driver().stat(&path).await {
+                Ok(meta) => meta,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if old(meta.modified) {
+                report.add(GcKind::Upload, Some(repo), None, meta.size);
+                if !opts.dry_run {
+                    self.driver().delete(&path).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_if_empty(&self, repo: &RepoName, report: &mut GcReport) -> StoreResult<()> {
+        let index = match self.load_index(repo).await {
+            Ok(index) => index,
+            Err(StoreError::NameUnknown { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let uploads_open = self
+            .uploads()
+            .open_sessions()
+            .iter()
+            .any(|(_, r, _)| r == repo);
+        let staged = self
+            .driver()
+            .list(Some(
+                &layout::repo_dir(repo).join(".uploads").expect("valid"),
+            ))
+            .await?;
+        if index.manifests.is_empty()
+            && !uploads_open
+            && staged.is_empty()
+            && self.layout().repo_digests(repo).await?.is_empty()
+        {
+            self.remove_repo_files(repo).await?;
+            report.add(GcKind::Repository, Some(repo), None, 0);
+        }
+        Ok(())
+    }
+
+    /// `_blobstore` digests no repository holds, each re-checked under its lock.
+    async fn gc_blobstore(
+        &self,
+        opts: GcOptions,
+        report: &mut GcReport,
+        dropped: &HashMap<Digest, u64>,
+    ) -> StoreResult<()> {
+        let mut seen = Vec::new();
+        for d in self.layout().blobstore_digests().await? {
+            let holders = self.layout().recorded_holders(&d).await?;
+            let would_be = if opts.dry_run {
+                holders.saturating_sub(dropped.get(&d).copied().unwrap_or(0))
+            } else {
+                holders
+            };
+            if would_be > 0
+                || !self
+                    .aged("_blobstore", &d.to_string(), opts, &mut seen)
+                    .await?
+            {
+                continue;
+            }
+            let _guard = self.lock(Intent::blobstore_sweep(&d)).await;
+            if opts.dry_run {
+                let size = self
+                    .driver()
+                    .stat(&layout::blobstore_blob(&d))
+                    .await
+                    .map_or(0, |m| m.size);
+                report.add(GcKind::BlobstoreBlob, None, Some(&d), size);
+            } else if let Some(size) = self.layout().sweep(&d).await? {
+                report.add(GcKind::BlobstoreBlob, None, Some(&d), size);
+            }
+        }
+        self.clear_marks("_blobstore", &seen, opts).await
+    }
+}
