@@ -63,6 +63,19 @@ enum Command {
     Fsck,
     /// Repositories, manifests, blobs and bytes, with dedupe savings.
     Stats,
+    /// Convert this (legacy) root to the blobstore layout in place. Safe to
+    /// interrupt: running it again resumes where it stopped.
+    Migrate,
+    /// Fill a new blobstore root from an old root through the store API,
+    /// then compare them (repos, tags, manifests, blobs). Re-runs are incremental.
+    Sync {
+        /// The old root (any layout).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new root (created as blobstore/striped if new).
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Collect garbage: untagged manifests, orphaned referrers, unreferenced
     /// blobs, stale uploads, emptied repositories, unheld _blobstore blobs.
     Gc {
@@ -311,6 +324,91 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             );
             if errors > 0 {
                 return Err(CliError::Findings(errors));
+            }
+        }
+        Command::Migrate => {
+            let driver = root::driver(&cli.root)?;
+            let meta = root::meta(&cli.root.root)?;
+            let bar = (!json).then(|| {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "migrating {bar:40} {pos}/{len} repositories ({elapsed})",
+                    )
+                    .expect("valid template"),
+                );
+                bar
+            });
+            let tick = |done: usize, total: usize| {
+                if let Some(bar) = &bar {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            };
+            let report = engine::migrate::migrate_in_place(driver, meta, &tick).await?;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            print(json, serde_json::to_value(&report).expect("json"), || {
+                let mut lines = vec![format!(
+                    "migration {}: {} repositories ({} migrated now, {} by an earlier run); {} relinked, {} copied ({} bytes); {} markers and {} legacy objects removed",
+                    if report.completed {
+                        "complete"
+                    } else {
+                        "incomplete"
+                    },
+                    report.repos_total,
+                    report.repos_migrated,
+                    report.repos_already_done,
+                    report.blobs_relinked,
+                    report.blobs_copied,
+                    report.bytes_copied,
+                    report.markers_removed,
+                    report.legacy_objects_removed
+                )];
+                lines.extend(report.problems.iter().map(|p| format!("problem: {p}")));
+                lines.join("\n")
+            });
+        }
+        Command::Sync { from, to } => {
+            let old = root::open(&RootArgs {
+                root: from,
+                backend: cli.root.backend,
+            })
+            .await?;
+            let new_args = RootArgs {
+                root: to,
+                backend: cli.root.backend,
+            };
+            let new_config = StoreConfig {
+                layout: LayoutKind::Blobstore,
+                policy: LockPolicy::Striped,
+            };
+            let new = match engine::Store::stored_config(&*root::driver(&new_args)?).await? {
+                Some(_) => root::open(&new_args).await?,
+                None => root::init(&new_args, new_config).await?,
+            };
+            let report = engine::migrate::sync::sync_stores(&old, &new).await?;
+            print(json, serde_json::to_value(&report).expect("json"), || {
+                let mut lines = vec![format!(
+                    "sync: {} repositories; copied {} manifest(s), {} blob(s) ({} bytes); {} blob(s) already present",
+                    report.repos,
+                    report.manifests_copied,
+                    report.blobs_copied,
+                    report.bytes_copied,
+                    report.blobs_already_present
+                )];
+                lines.extend(report.problems.iter().map(|p| format!("problem: {p}")));
+                lines.extend(report.differences.iter().map(|d| format!("differs: {d}")));
+                lines.push(if report.equal() {
+                    "compare: equal, safe to cut over".into()
+                } else {
+                    "compare: DIFFERENT".into()
+                });
+                lines.join("\n")
+            });
+            if !report.equal() {
+                return Err(CliError::Findings(report.differences.len()));
             }
         }
         Command::Gc { delay, dry_run } => {

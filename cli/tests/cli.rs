@@ -274,3 +274,68 @@ fn fsck_reports_corruption_and_bad_input_gets_clear_errors() {
         "{report}"
     );
 }
+
+/// SIGKILL `ocistore migrate` at varying moments, re-run until it completes:
+/// fsck is clean and every export equals the export taken before migrating.
+#[test]
+fn migrate_survives_sigkill_at_random_moments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    source_layout(&src);
+    let root = Root {
+        path: tmp.path().join("root"),
+        backend: "fs",
+    };
+    root.ok(&["init", "--layout", "legacy"]);
+    let targets = ["org/app:v1", "org/app:solo", "mirror:v1", "team/x:solo"];
+    root.ok(&["import", "org/app", src.to_str().unwrap()]);
+    root.ok(&["import", "mirror:v1", src.to_str().unwrap()]);
+    root.ok(&["import", "team/x:solo", src.to_str().unwrap()]);
+    let export_all = |label: &str| -> Vec<Vec<(PathBuf, Vec<u8>)>> {
+        targets
+            .iter()
+            .map(|t| {
+                let dir = tmp
+                    .path()
+                    .join(format!("{label}-{}", t.replace(['/', ':'], "_")));
+                root.ok(&["export", t, dir.to_str().unwrap()]);
+                tree(&dir)
+            })
+            .collect()
+    };
+    let before = export_all("before");
+
+    let mut interrupted = 0;
+    let mut finished = false;
+    for attempt in 0..40u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ocistore"))
+            .args(["--root", root.path.to_str().unwrap(), "--json", "migrate"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Spread over the whole run (about a second in a debug build).
+        std::thread::sleep(std::time::Duration::from_millis(5 + (attempt * 173) % 1500));
+        if child.try_wait().unwrap().is_some_and(|s| s.success()) {
+            finished = true;
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        interrupted += 1;
+    }
+    if !finished {
+        root.ok(&["migrate"]);
+    }
+    root.ok(&["migrate"]); // idempotent once done
+    assert!(
+        interrupted >= 3,
+        "only {interrupted} runs were interrupted: the test did not test much"
+    );
+    root.ok(&["fsck"]);
+    let after = export_all("after");
+    assert!(before == after, "exports differ after migration");
+    let stats: serde_json::Value = serde_json::from_str(&root.ok(&["--json", "stats"])).unwrap();
+    assert_eq!(stats["layout"], "blobstore");
+    eprintln!("migration interrupted {interrupted} times before completing");
+}

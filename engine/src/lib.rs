@@ -8,6 +8,7 @@
 //! Read top-down:
 //! - [`store`]: the operations (repos, uploads, blobs, manifests, referrers, fsck).
 //! - [`gc`]: garbage collection without stop-the-world.
+//! - [`migrate`]: legacy -> blobstore, in place (crash-safe) or side by side.
 //! - [`lock`]: the lock manager, the three policies, the lock-plan table.
 //! - [`layout`]: where blobs live and how references are recorded (legacy, blobstore).
 //! - [`meta`]: what the filesystem cannot say (reference rows, dedupe index, progress).
@@ -23,6 +24,7 @@ pub mod gc;
 pub mod layout;
 pub mod lock;
 pub mod meta;
+pub mod migrate;
 pub mod oci;
 pub mod store;
 mod sync;

@@ -33,6 +33,9 @@ pub struct ObjectDriver {
 enum Backing {
     Memory(Arc<MemoryObjects>),
     Dir(FsDriver),
+    /// Object semantics over the simulated disk: crashes and full disks
+    /// for the object layout's crash tests.
+    Sim(super::SimDriver),
 }
 
 impl ObjectDriver {
@@ -50,10 +53,18 @@ impl ObjectDriver {
         })
     }
 
+    /// Objects on a simulated disk (which a test keeps to crash or fill).
+    pub fn on_sim(disk: Arc<super::SimDisk>) -> ObjectDriver {
+        ObjectDriver {
+            backing: Backing::Sim(super::SimDriver::on(disk)),
+        }
+    }
+
     fn inner(&self) -> &dyn Driver {
         match &self.backing {
             Backing::Memory(m) => &**m,
             Backing::Dir(d) => d,
+            Backing::Sim(d) => d,
         }
     }
 }

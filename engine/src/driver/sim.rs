@@ -266,6 +266,19 @@ impl DiskState {
             .retain(|id, inode| inode.open > 0 || referenced.contains(id));
     }
 
+    /// The durable entries whose whole directory chain is durable too:
+    /// exactly what a crash leaves reachable.
+    fn reachable_durable(&self) -> BTreeMap<String, Entry> {
+        let mut reachable = BTreeMap::new();
+        for (path, entry) in &self.durable {
+            let parent = parent_of(path);
+            if parent.is_empty() || reachable.get(parent) == Some(&Entry::Dir) {
+                reachable.insert(path.clone(), *entry);
+            }
+        }
+        reachable
+    }
+
     fn lose_power(&mut self) {
         self.crashes += 1;
         self.generation += 1;
@@ -288,14 +301,7 @@ impl DiskState {
             }
             inode.live = survivor;
         }
-        // Only entries whose whole directory chain survived are reachable.
-        let mut live = BTreeMap::new();
-        for (path, entry) in &self.durable {
-            let parent = parent_of(path);
-            if parent.is_empty() || live.get(parent) == Some(&Entry::Dir) {
-                live.insert(path.clone(), *entry);
-            }
-        }
+        let live = self.reachable_durable();
         for inode in self.inodes.values_mut() {
             inode.links = 0;
         }
@@ -360,6 +366,17 @@ impl SimDisk {
         st.ops_since_power_on = 0;
     }
 
+    /// Counts one operation of another component of the same simulated
+    /// machine (the metadata store), so crash points fall between disk calls
+    /// and metadata commits alike. Fails once the power is gone.
+    pub fn tick(&self) -> Result<(), DriverError> {
+        self.state
+            .lock()
+            .unwrap()
+            .enter(false)
+            .map_err(|_| DriverError::Crashed { driver: "sim" })
+    }
+
     pub fn is_powered_off(&self) -> bool {
         self.state.lock().unwrap().powered_off
     }
@@ -402,10 +419,10 @@ impl SimDisk {
     /// without crashing. For checkers that compare images.
     pub fn durable_image(&self) -> BTreeMap<String, Vec<u8>> {
         let st = self.state.lock().unwrap();
-        st.durable
-            .iter()
+        st.reachable_durable()
+            .into_iter()
             .filter_map(|(p, e)| match e {
-                Entry::File(id) => Some((p.clone(), st.inodes[id].durable.clone())),
+                Entry::File(id) => Some((p, st.inodes[&id].durable.clone())),
                 Entry::Dir => None,
             })
             .collect()

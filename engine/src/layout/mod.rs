@@ -30,6 +30,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use self::blobstore::BlobstoreLayout;
+pub(crate) use self::blobstore::{ref_by_digest, ref_by_repo};
+pub(crate) use self::legacy::DedupeEntry;
 pub use self::legacy::LegacyLayout;
 pub(crate) use self::verify::Verifier;
 

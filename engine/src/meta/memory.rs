@@ -25,6 +25,9 @@ pub struct MetaFaults {
 #[derive(Debug, Default)]
 pub struct MemoryMeta {
     state: Mutex<State>,
+    /// The simulated machine this store runs on: its power cuts stop the
+    /// store too, and its operation counter counts ours.
+    machine: Option<std::sync::Arc<crate::driver::SimDisk>>,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +44,25 @@ impl State {
             Err(MetaError::Crashed)
         } else {
             Ok(())
+        }
+    }
+}
+
+impl MemoryMeta {
+    /// A store on the same simulated machine as `disk`: every call is one
+    /// of the machine's operations (a crash point), and nothing answers
+    /// while the machine is powered off.
+    pub fn on_machine(disk: std::sync::Arc<crate::driver::SimDisk>) -> MemoryMeta {
+        MemoryMeta {
+            machine: Some(disk),
+            ..MemoryMeta::default()
+        }
+    }
+
+    fn machine_tick(&self) -> MetaResult<()> {
+        match &self.machine {
+            Some(disk) => disk.tick().map_err(|_| MetaError::Crashed),
+            None => Ok(()),
         }
     }
 }
@@ -73,6 +95,7 @@ impl MemoryMeta {
 #[async_trait]
 impl MetaStore for MemoryMeta {
     async fn get(&self, table: Table, key: &[u8]) -> MetaResult<Option<Vec<u8>>> {
+        self.machine_tick()?;
         let st = self.state.lock().unwrap();
         st.enter()?;
         Ok(st.tables.get(&table).and_then(|t| t.get(key)).cloned())
@@ -85,6 +108,7 @@ impl MetaStore for MemoryMeta {
         after: Option<&[u8]>,
         limit: usize,
     ) -> MetaResult<Vec<Entry>> {
+        self.machine_tick()?;
         let st = self.state.lock().unwrap();
         st.enter()?;
         let Some(t) = st.tables.get(&table) else {
@@ -99,6 +123,7 @@ impl MetaStore for MemoryMeta {
     }
 
     async fn commit(&self, batch: Batch) -> MetaResult<()> {
+        self.machine_tick()?;
         let mut st = self.state.lock().unwrap();
         st.enter()?;
         st.commits_since_power_on += 1;

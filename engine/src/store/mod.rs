@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use self::blobs::UploadStatus;
 pub use self::fsck::{Finding, FindingKind};
 pub use self::manifests::StoredManifest;
+pub(crate) use self::repos::list_repos;
 
 use crate::driver::{CallCounts, Driver, DriverPath, Instrumented, PutMode};
 use crate::error::{StoreError, StoreResult};
@@ -114,12 +115,24 @@ impl Store {
             Ok(stored) => {
                 let stored: StoreConfig = serde_json::from_slice(&stored)
                     .map_err(|e| StoreError::Corrupt(format!("{CONFIG_PATH}: {e}")))?;
+                if stored.layout == LayoutKind::Legacy && config.layout == LayoutKind::Blobstore {
+                    return Err(StoreError::Denied {
+                        reason: "this root uses the legacy layout: convert it with `ocistore migrate` (in place) \
+                                 or `ocistore sync` (side by side) before opening it as blobstore"
+                            .into(),
+                    });
+                }
                 if stored != config {
                     return Err(StoreError::Denied {
                         reason: format!(
                             "this root was created with layout {} and policy {}, not layout {} and policy {}",
                             stored.layout, stored.policy, config.layout, config.policy
                         ),
+                    });
+                }
+                if crate::migrate::in_progress(&*meta).await? {
+                    return Err(StoreError::Denied {
+                        reason: "an in-place migration of this root is unfinished: run `ocistore migrate` to complete it".into(),
                     });
                 }
             }

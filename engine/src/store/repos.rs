@@ -85,35 +85,7 @@ impl Store {
         n: Option<usize>,
         last: Option<&str>,
     ) -> StoreResult<Vec<RepoName>> {
-        let mut repos = Vec::new();
-        let mut stack: Vec<Option<DriverPath>> = vec![None];
-        while let Some(dir) = stack.pop() {
-            let listing = self.driver().list_dir(dir.as_ref()).await?;
-            let is_repo = dir.is_some() && listing.files.iter().any(|f| f == "index.json");
-            if let Some(dir) = &dir
-                && is_repo
-                && let Ok(repo) = RepoName::parse(dir.as_str())
-            {
-                repos.push(repo);
-            }
-            for child in listing.dirs {
-                let skip = match &dir {
-                    None => child.starts_with('_') || child == BLOBSTORE,
-                    // A repository's own directories are not repositories.
-                    Some(_) => is_repo && (child == "blobs" || child == ".uploads"),
-                };
-                if !skip {
-                    let path = match &dir {
-                        None => DriverPath::new(&child),
-                        Some(d) => d.join(&child),
-                    };
-                    if let Ok(path) = path {
-                        stack.push(Some(path));
-                    }
-                }
-            }
-        }
-        repos.sort();
+        let repos = list_repos(self.driver()).await?;
         Ok(page(repos, n, last, |r| r.as_str()))
     }
 
@@ -150,4 +122,40 @@ fn page<T>(
         .filter(|item| last.is_none_or(|l| key(item) > l))
         .take(n)
         .collect()
+}
+
+/// Every repository below the driver's root, sorted: a directory holding an
+/// `index.json`. Hidden `_` names at the top, and a repository's own `blobs`
+/// and `.uploads`, are not walked.
+pub(crate) async fn list_repos(driver: &dyn crate::driver::Driver) -> StoreResult<Vec<RepoName>> {
+    let mut repos = Vec::new();
+    let mut stack: Vec<Option<DriverPath>> = vec![None];
+    while let Some(dir) = stack.pop() {
+        let listing = driver.list_dir(dir.as_ref()).await?;
+        let is_repo = dir.is_some() && listing.files.iter().any(|f| f == "index.json");
+        if let Some(dir) = &dir
+            && is_repo
+            && let Ok(repo) = RepoName::parse(dir.as_str())
+        {
+            repos.push(repo);
+        }
+        for child in listing.dirs {
+            let skip = match &dir {
+                None => child.starts_with('_') || child == BLOBSTORE,
+                Some(_) => is_repo && (child == "blobs" || child == ".uploads"),
+            };
+            if skip {
+                continue;
+            }
+            let path = match &dir {
+                None => DriverPath::new(&child),
+                Some(d) => d.join(&child),
+            };
+            if let Ok(path) = path {
+                stack.push(Some(path));
+            }
+        }
+    }
+    repos.sort();
+    Ok(repos)
 }
