@@ -1,1 +1,306 @@
-fn main() {}
+//! `cargo run -p sim -- scenarios/<x>.toml`: deterministic replay of a
+//! multi-client, multi-repo workload with faults, one run per lock policy,
+//! side by side, in virtual time.
+//!
+//! This file only wires: `scenario` (what to run), `workload` (the
+//! clients), `faults` (the fault plan), `checker` (the invariants),
+//! `migration` (the legacy dataset and its conversion), `run` (one madsim
+//! runtime per configuration and seed), `report` (table, JSON, HTML).
+//!
+//! Exit codes: 0 clean; 1 an invariant was violated or a run was not
+//! deterministic; 2 a bad scenario or option; 3 a run did not finish
+//! (liveness); 4 an expectation about the figures did not hold.
+#![cfg_attr(not(madsim), allow(dead_code, unused_imports))]
+
+mod checker;
+mod faults;
+#[cfg(not(madsim))]
+mod launcher;
+mod migration;
+mod report;
+mod rng;
+#[cfg(madsim)]
+mod run;
+mod scenario;
+mod workload;
+
+use std::process::ExitCode;
+
+#[cfg(not(madsim))]
+fn main() -> ExitCode {
+    launcher::relaunch()
+}
+
+#[cfg(madsim)]
+fn main() -> ExitCode {
+    app::main()
+}
+
+#[cfg(madsim)]
+mod app {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::process::ExitCode;
+
+    use clap::Parser;
+    use engine::{LayoutKind, LockPolicy};
+
+    use crate::report::{self, RunResult};
+    use crate::run::run;
+    use crate::scenario::Scenario;
+
+    #[derive(Debug, Parser)]
+    #[command(
+        name = "sim",
+        about = "Deterministic replay of ocistore workloads with faults (madsim)"
+    )]
+    struct Args {
+        /// The scenario file (see scenarios/README.md).
+        scenario: PathBuf,
+        /// Seed to run (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Sweep this many consecutive seeds, starting at the seed.
+        #[arg(long)]
+        seeds: Option<u64>,
+        /// Run every configuration twice and compare final-state hashes.
+        #[arg(long)]
+        check_determinism: bool,
+        /// Write every result as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write an HTML page (the first seed's results).
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Run one lock policy only.
+        #[arg(long, value_parser = |s: &str| s.parse::<LockPolicy>())]
+        policy: Option<LockPolicy>,
+        /// Print only the summary lines.
+        #[arg(long)]
+        quiet: bool,
+    }
+
+    fn load(path: &Path) -> Result<Scenario, String> {
+        let src = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Scenario::parse(&src, &path.display().to_string()).map_err(|e| e.0)
+    }
+
+    fn replay(path: &Path, seed: u64, policy: &str) -> String {
+        format!(
+            "cargo run -p sim -- {} --seed {seed} --policy {policy}",
+            path.display()
+        )
+    }
+
+    /// Runs one configuration, turning a stuck run (madsim's time limit
+    /// panics) into an error instead of a crash of the whole sweep.
+    fn run_caught(
+        s: &Scenario,
+        layout: LayoutKind,
+        policy: LockPolicy,
+        seed: u64,
+    ) -> Result<RunResult, String> {
+        let s2 = s.clone();
+        std::thread::spawn(move || run(&s2, layout, policy, seed))
+            .join()
+            .map_err(|e| {
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            })
+    }
+
+    pub fn main() -> ExitCode {
+        let args = Args::parse();
+        let scenario = match load(&args.scenario) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sim: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let first = args.seed.unwrap_or(scenario.seed);
+        let seeds: Vec<u64> = (first..first + args.seeds.unwrap_or(1).max(1)).collect();
+        let configs = scenario.configs(args.policy);
+        if configs.is_empty() {
+            eprintln!("sim: the scenario does not run policy {:?}", args.policy);
+            return ExitCode::from(2);
+        }
+        let sweep = seeds.len() > 1;
+        let mut all: Vec<RunResult> = Vec::new();
+        let mut baselines: HashMap<(String, String, u64), RunResult> = HashMap::new();
+        let mut code = 0u8;
+        let (mut store_ops, mut wall_ms) = (0u64, 0f64);
+        for (i, seed) in seeds.iter().copied().enumerate() {
+            println!(
+                "SEED={seed} scenario={} configs={}",
+                scenario.name,
+                configs.len()
+            );
+            let mut results = Vec::new();
+            for &(layout, policy) in &configs {
+                let r = match run_caught(&scenario, layout, policy, seed) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("sim: {layout}/{policy} seed {seed} did not finish: {e}");
+                        eprintln!("replay: {}", replay(&args.scenario, seed, policy.as_str()));
+                        return ExitCode::from(3);
+                    }
+                };
+                if args.check_determinism {
+                    match run_caught(&scenario, layout, policy, seed) {
+                        Ok(again) if again.final_hash == r.final_hash && again.ops == r.ops => {}
+                        Ok(again) => {
+                            eprintln!(
+                                "sim: NOT DETERMINISTIC: {layout}/{policy} seed {seed}: hash {} then {}, ops {} then {}",
+                                r.final_hash, again.final_hash, r.ops, again.ops
+                            );
+                            code = 1;
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "sim: second run of {layout}/{policy} seed {seed} did not finish: {e}"
+                            );
+                            return ExitCode::from(3);
+                        }
+                    }
+                }
+                store_ops += r.store_ops;
+                wall_ms += r.wall_ms;
+                if !r.violations.is_empty() {
+                    eprintln!(
+                        "sim: {} violation(s) in {} seed {seed}:",
+                        r.violations.len(),
+                        r.label()
+                    );
+                    for v in r.violations.iter().take(20) {
+                        eprintln!("  {v}");
+                    }
+                    eprintln!("replay: {}", replay(&args.scenario, seed, &r.policy));
+                    code = 1;
+                }
+                results.push(r);
+            }
+            if !args.quiet && !sweep {
+                println!("{}", report::table(&results));
+            }
+            if sweep {
+                let summary: Vec<String> = results
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} {:.0} ops/s hash {}",
+                            r.label(),
+                            r.throughput,
+                            r.final_hash
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "[{}/{}] seed {seed}: {}",
+                    i + 1,
+                    seeds.len(),
+                    summary.join(", ")
+                );
+            }
+            // Expectations: claims about this seed's figures.
+            for e in &scenario.expect {
+                let pick = |rs: &[RunResult], who: &str| -> Option<f64> {
+                    rs.iter()
+                        .find(|r| r.policy == who || r.label() == who)
+                        .and_then(|r| r.metric(&e.metric))
+                };
+                let lhs = pick(&results, &e.of);
+                let rhs = if let Some((file, policy)) = e.than.split_once(':') {
+                    let path = args.scenario.parent().unwrap_or(Path::new(".")).join(file);
+                    let key = (path.display().to_string(), policy.to_owned(), seed);
+                    if !baselines.contains_key(&key) {
+                        let base = match load(&path) {
+                            Ok(b) => b,
+                            Err(err) => {
+                                eprintln!("sim: expectation baseline: {err}");
+                                return ExitCode::from(2);
+                            }
+                        };
+                        let p: LockPolicy = policy.parse().unwrap_or(LockPolicy::Striped);
+                        let layout = base
+                            .configs(Some(p))
+                            .first()
+                            .map_or(LayoutKind::Blobstore, |c| c.0);
+                        match run_caught(&base, layout, p, seed) {
+                            Ok(r) => {
+                                baselines.insert(key.clone(), r);
+                            }
+                            Err(err) => {
+                                eprintln!("sim: baseline {} did not finish: {err}", path.display());
+                                return ExitCode::from(3);
+                            }
+                        }
+                    }
+                    baselines.get(&key).and_then(|r| r.metric(&e.metric))
+                } else {
+                    pick(&results, &e.than)
+                };
+                let (Some(l), Some(r)) = (lhs, rhs) else {
+                    eprintln!(
+                        "sim: expectation {} of {} vs {}: metric missing",
+                        e.metric, e.of, e.than
+                    );
+                    code = code.max(4);
+                    continue;
+                };
+                let ok = if e.is == ">=" {
+                    l >= e.factor * r
+                } else {
+                    l <= e.factor * r
+                };
+                println!(
+                    "expect {} of {} {} {} x {} of {}: {:.3} vs {:.3} (ratio {:.2}) {}",
+                    e.metric,
+                    e.of,
+                    e.is,
+                    e.factor,
+                    e.metric,
+                    e.than,
+                    l,
+                    r,
+                    l / r.max(1e-12),
+                    if ok { "ok" } else { "FAILED" }
+                );
+                if !ok {
+                    code = code.max(4);
+                }
+            }
+            if i == 0
+                && let Some(path) = &args.html
+            {
+                let command = format!(
+                    "cargo run -p sim -- {} --seed {seed} --html {}",
+                    args.scenario.display(),
+                    path.display()
+                );
+                if let Err(e) = std::fs::write(path, report::html(&scenario, &results, &command)) {
+                    eprintln!("sim: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+            all.extend(results);
+        }
+        if let Some(path) = &args.json
+            && let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&all).expect("json"))
+        {
+            eprintln!("sim: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        println!(
+            "simulator speed: {:.0} store operations per wall-clock second ({store_ops} in {:.2} s)",
+            store_ops as f64 / (wall_ms / 1e3).max(1e-9),
+            wall_ms / 1e3
+        );
+        if code == 0 {
+            println!("all invariants held");
+        }
+        ExitCode::from(code)
+    }
+}

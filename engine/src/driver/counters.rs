@@ -102,6 +102,15 @@ impl CallCounts {
         }
     }
 
+    /// Both together (counts of two store instances, before and after a restart).
+    pub fn plus(&self, other: &CallCounts) -> CallCounts {
+        CallCounts {
+            calls: std::array::from_fn(|i| self.calls[i] + other.calls[i]),
+            bytes_read: self.bytes_read + other.bytes_read,
+            bytes_written: self.bytes_written + other.bytes_written,
+        }
+    }
+
     /// `(kind, count)` for every kind, in a fixed order.
     pub fn iter(&self) -> impl Iterator<Item = (CallKind, u64)> + '_ {
         CallKind::ALL.into_iter().map(|k| (k, self.get(k)))

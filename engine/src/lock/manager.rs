@@ -208,3 +208,34 @@ impl Drop for LockGuard {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::lock::Domain;
+
+    /// Waits and holds are recorded at their size, not clamped.
+    #[tokio::test(start_paused = true)]
+    async fn metrics_record_real_durations() {
+        let m = Arc::new(LockManager::new(LockPolicy::Global));
+        let r = RepoName::parse("a").unwrap();
+        let held = m.acquire(&Intent::repo_write(&r)).await;
+        let waiter = {
+            let m = m.clone();
+            let r = r.clone();
+            tokio::spawn(async move { drop(m.acquire(&Intent::repo_write(&r)).await) })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        drop(held);
+        waiter.await.unwrap();
+        let x = m.metrics();
+        let x = x.get(Domain::Global, Mode::Exclusive);
+        assert_eq!(x.acquisitions(), 2);
+        assert!(x.wait.max() >= 39_000_000, "wait max {} ns", x.wait.max());
+        assert!(
+            x.total_hold_ns() >= 39_000_000,
+            "hold {} ns",
+            x.total_hold_ns()
+        );
+    }
+}

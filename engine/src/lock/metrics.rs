@@ -58,11 +58,18 @@ struct Slot {
     hold: Histogram<u64>,
 }
 
+/// 1 ns to 1 hour at 3 significant figures: fixed memory. (An
+/// auto-resizing histogram would not help: `saturating_record` clamps to the
+/// current bound instead of growing, which once made every wait read 0.)
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds")
+}
+
 impl Default for Recorder {
     fn default() -> Recorder {
         let slot = Slot {
-            wait: Histogram::new(3).expect("3 significant figures is valid"),
-            hold: Histogram::new(3).expect("3 significant figures is valid"),
+            wait: histogram(),
+            hold: histogram(),
         };
         Recorder {
             slots: Mutex::new(vec![slot; Domain::ALL.len() * 2]),

@@ -38,7 +38,7 @@ use crate::digest::Digest;
 use crate::oci::names::RepoName;
 
 pub use manager::{LockGuard, LockManager};
-pub use metrics::{Domain, LockMetrics, LockStats};
+pub use metrics::{Domain, LockMetrics, LockStats, histogram};
 
 /// Shared or exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

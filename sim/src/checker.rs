@@ -1,0 +1,199 @@
+//! The checker: what clients were promised, and whether the store keeps it.
+//!
+//! It lives outside the engine node, so it survives the node's crashes.
+//! Clients tell it about every tag write before they send it (in flight) and
+//! after it is acknowledged. After each crash and at the end it reads the
+//! store back through the store API:
+//!
+//! - 1: every acknowledged manifest is readable by its tag with identical
+//!   bytes, and so is every blob it references;
+//! - 2: each tag shows its last acknowledged value, or the one write that
+//!   was in flight when the power went (per-tag last-writer-wins: every tag
+//!   has exactly one writing client, so its history is sequential);
+//! - 3-6: fsck (reference truth, no membership without bytes, `_blobstore`
+//!   hidden, no stubs); after a final quiescent GC with delay 0, no orphans;
+//! - 6 also during the run: every byte a pull receives is hashed here again.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use engine::oci::Manifest;
+use engine::store::FindingKind;
+use engine::{Digest, ErrorCode, Reference, RepoName, Store, Tag};
+
+/// An acknowledged manifest: what a reader must get back.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub digest: Digest,
+    pub blobs: Vec<Digest>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct TagState {
+    /// Last acknowledged value (`None`: absent, never written or deleted).
+    acked: Option<Acked>,
+    /// A write sent and not yet acknowledged: `Some(None)` is a delete.
+    inflight: Option<Option<Acked>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Checker {
+    tags: Mutex<BTreeMap<(String, String), TagState>>,
+    violations: Mutex<Vec<String>>,
+}
+
+fn tag_ref(tag: &str) -> Reference {
+    Reference::Tag(Tag::parse(tag).expect("workload tags are valid"))
+}
+
+impl Checker {
+    pub fn violation(&self, v: String) {
+        self.violations.lock().unwrap().push(v);
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap().clone()
+    }
+
+    pub fn begin(&self, repo: &RepoName, tag: &str, value: Option<Acked>) {
+        let mut tags = self.tags.lock().unwrap();
+        tags.entry((repo.to_string(), tag.to_owned()))
+            .or_default()
+            .inflight = Some(value);
+    }
+
+    pub fn ack(&self, repo: &RepoName, tag: &str) {
+        let mut tags = self.tags.lock().unwrap();
+        let state = tags.entry((repo.to_string(), tag.to_owned())).or_default();
+        if let Some(value) = state.inflight.take() {
+            state.acked = value;
+        }
+    }
+
+    /// The write failed with a definite answer: nothing changed.
+    pub fn abandon(&self, repo: &RepoName, tag: &str) {
+        let mut tags = self.tags.lock().unwrap();
+        if let Some(state) = tags.get_mut(&(repo.to_string(), tag.to_owned())) {
+            state.inflight = None;
+        }
+    }
+
+    /// An acknowledged tag of `repo` (for pulls), chosen by `pick`.
+    pub fn acked_tag(
+        &self,
+        repo: &RepoName,
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Option<(String, Acked)> {
+        let tags = self.tags.lock().unwrap();
+        let live: Vec<_> = tags
+            .iter()
+            .filter(|((r, _), s)| r == repo.as_str() && s.acked.is_some())
+            .map(|((_, t), s)| (t.clone(), s.acked.clone().expect("filtered")))
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        let i = pick(live.len());
+        Some(live[i].clone())
+    }
+
+    /// Reads every tag back (after a crash, or at the end) and settles
+    /// in-flight writes to what the store shows.
+    pub async fn verify_tags(&self, store: &Store, when: &str) {
+        let snapshot: Vec<_> = self
+            .tags
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for ((repo, tag), state) in snapshot {
+            let r = RepoName::parse(&repo).expect("valid");
+            let seen = match store.get_manifest(&r, &tag_ref(&tag)).await {
+                Ok(m) => {
+                    if Digest::of(m.digest.algorithm(), &m.body) != m.digest {
+                        self.violation(format!(
+                            "{when}: {repo}:{tag} served bytes that do not hash to {}",
+                            m.digest
+                        ));
+                    }
+                    Some(m.digest)
+                }
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(ErrorCode::ManifestUnknown | ErrorCode::NameUnknown)
+                    ) =>
+                {
+                    None
+                }
+                Err(e) => {
+                    self.violation(format!("{when}: {repo}:{tag}: {e}"));
+                    continue;
+                }
+            };
+            let acked = state.acked.as_ref().map(|a| &a.digest);
+            let inflight = state
+                .inflight
+                .as_ref()
+                .map(|v| v.as_ref().map(|a| &a.digest));
+            let allowed = seen.as_ref() == acked || inflight.is_some_and(|v| v == seen.as_ref());
+            if !allowed {
+                self.violation(format!(
+                    "{when}: {repo}:{tag} shows {seen:?}; acknowledged {acked:?}, in flight {inflight:?} (invariant 1/2)"
+                ));
+                continue;
+            }
+            // Settle: what the store shows is now the acknowledged value.
+            let value = match (&seen, &state.inflight) {
+                (None, _) => None,
+                (Some(d), Some(Some(v))) if &v.digest == d => Some(v.clone()),
+                _ => state.acked.clone(),
+            };
+            if let Some(v) = &value {
+                self.verify_manifest(store, &r, v, when).await;
+            }
+            let mut tags = self.tags.lock().unwrap();
+            let s = tags.get_mut(&(repo.clone(), tag.clone())).expect("present");
+            s.acked = value;
+            s.inflight = None;
+        }
+    }
+
+    /// Every blob of an acknowledged manifest is there, with its bytes.
+    pub async fn verify_manifest(&self, store: &Store, repo: &RepoName, m: &Acked, when: &str) {
+        for d in &m.blobs {
+            match store.get_blob(repo, d).await {
+                Ok(bytes) if Digest::of(d.algorithm(), &bytes) == *d => {}
+                Ok(_) => self.violation(format!(
+                    "{when}: {repo}: blob {d} served wrong bytes (invariant 6)"
+                )),
+                Err(e) => self.violation(format!(
+                    "{when}: {repo}: blob {d} of acknowledged {} lost: {e} (invariant 1)",
+                    m.digest
+                )),
+            }
+        }
+    }
+
+    /// fsck (invariants 3-6); `quiescent_gc`: orphans count too (invariant 4).
+    pub async fn fsck(&self, store: &Store, when: &str, quiescent_gc: bool) {
+        match store.fsck().await {
+            Ok(findings) => {
+                for f in findings {
+                    if f.is_error() || (quiescent_gc && f.kind == FindingKind::Orphan) {
+                        self.violation(format!("{when}: fsck: {f}"));
+                    }
+                }
+            }
+            Err(e) => self.violation(format!("{when}: fsck failed: {e}")),
+        }
+    }
+}
+
+/// The blobs a manifest body references (for acknowledgement records).
+pub fn blobs_of(media_type: &str, body: &[u8]) -> Vec<Digest> {
+    Manifest::parse(media_type, body)
+        .map(|m| m.blobs().into_iter().map(|b| b.digest.clone()).collect())
+        .unwrap_or_default()
+}

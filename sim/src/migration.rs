@@ -1,0 +1,240 @@
+//! The migration phase of a scenario: a legacy dataset written first, then
+//! converted (in place, with power cuts and full disks at the planned
+//! machine operations, or side by side), then checked (invariant 8): the
+//! same logical content, no markers, no leftover legacy bytes, fsck clean.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use engine::driver::{Driver, SimDisk, SimFaults};
+use engine::meta::{MemoryMeta, MetaStore};
+use engine::migrate::migrate_in_place;
+use engine::oci::media;
+use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig, Tag};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::checker::Checker;
+use crate::faults::FaultPlan;
+use crate::rng::Rng;
+use crate::scenario::{Migration, Scenario};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MigrationSummary {
+    pub mode: String,
+    pub repos: usize,
+    pub crashes: usize,
+    pub no_space_stops: usize,
+    pub bytes_copied: u64,
+    pub blobs_relinked: u64,
+    pub markers_removed: u64,
+    pub virtual_ms: f64,
+}
+
+type Logical = BTreeMap<String, (BTreeMap<String, Digest>, BTreeMap<Digest, Digest>)>;
+
+/// Tags and every blob's digest as read back (bytes hashed on the way).
+async fn logical(s: &Store) -> Logical {
+    let mut out = Logical::new();
+    for repo in s.catalog(None, None).await.unwrap_or_default() {
+        let mut tags = BTreeMap::new();
+        for t in s.tags(&repo, None, None).await.unwrap_or_default() {
+            if let Ok(m) = s.get_manifest(&repo, &Reference::Tag(t.clone())).await {
+                tags.insert(t.to_string(), m.digest);
+            }
+        }
+        let mut blobs = BTreeMap::new();
+        for d in s.repo_blobs(&repo).await.unwrap_or_default() {
+            if let Ok(b) = s.get_blob(&repo, &d).await {
+                blobs.insert(d.clone(), Digest::sha256(&b));
+            }
+        }
+        out.insert(repo.to_string(), (tags, blobs));
+    }
+    out
+}
+
+/// A legacy dataset: images sharing base layers across repositories.
+async fn preload(store: &Store, m: &Migration, rng: &Rng) {
+    let mut rng = rng.fork(0x9e10);
+    let base: Vec<(Digest, Bytes)> = (0..4)
+        .map(|i| {
+            let b = engine::driver::conformance::pattern(0xba5e + i, 2000 + i as usize * 500);
+            (Digest::sha256(&b), b)
+        })
+        .collect();
+    for r in 0..m.preload_repos {
+        let repo = RepoName::parse(&format!("legacy{r}")).expect("valid");
+        for i in 0..m.preload_images {
+            let own =
+                engine::driver::conformance::pattern(rng.next(), 500 + rng.below(3000) as usize);
+            let own = (Digest::sha256(&own), own);
+            let config = engine::driver::conformance::pattern(rng.next(), 100);
+            let config = (Digest::sha256(&config), config);
+            let layers = [base[(r + i) as usize % 4].clone(), own];
+            for (d, b) in std::iter::once(&config).chain(&layers) {
+                store.push_blob(&repo, d, b.clone()).await.expect("preload");
+            }
+            let desc = |mt: &str, (d, b): &(Digest, Bytes)| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
+            let body = json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": desc(media::OCI_CONFIG, &config),
+                "layers": layers.iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>()});
+            let tag = Reference::Tag(Tag::parse(&format!("v{i}")).expect("valid"));
+            store
+                .put_manifest(
+                    &repo,
+                    &tag,
+                    media::OCI_MANIFEST,
+                    Bytes::from(body.to_string()),
+                )
+                .await
+                .expect("preload");
+        }
+    }
+}
+
+fn markers(disk: &SimDisk) -> usize {
+    let empty = Digest::sha256(b"").hex().to_owned();
+    disk.durable_image()
+        .iter()
+        .filter(|(p, b)| p.contains("/blobs/") && b.is_empty() && !p.ends_with(&empty))
+        .count()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    m: &Migration,
+    scenario: &Scenario,
+    disk: &Arc<SimDisk>,
+    meta: &Arc<MemoryMeta>,
+    driver: &Arc<dyn Driver>,
+    plan: &FaultPlan,
+    base_faults: &SimFaults,
+    checker: &Checker,
+    rng: &Rng,
+) -> MigrationSummary {
+    let started = tokio::time::Instant::now();
+    let policy: LockPolicy = scenario.store.policies[0].parse().expect("validated");
+    let legacy = StoreConfig {
+        layout: LayoutKind::Legacy,
+        policy,
+    };
+    let meta_dyn: Arc<dyn MetaStore> = meta.clone();
+    let mut summary = MigrationSummary {
+        mode: m.mode.clone(),
+        ..MigrationSummary::default()
+    };
+    if m.mode == "side_by_side" {
+        let old_disk = SimDisk::new();
+        let old_driver: Arc<dyn Driver> = Arc::new(engine::driver::SimDriver::on(old_disk.clone()));
+        let old = Store::open(old_driver, Arc::new(MemoryMeta::new()), legacy)
+            .await
+            .expect("fresh");
+        preload(&old, m, rng).await;
+        let new = Store::open(
+            driver.clone(),
+            meta_dyn,
+            StoreConfig {
+                layout: LayoutKind::Blobstore,
+                policy,
+            },
+        )
+        .await
+        .expect("fresh");
+        match engine::migrate::sync::sync_stores(&old, &new).await {
+            Ok(r) if r.equal() && r.problems.is_empty() => summary.bytes_copied = r.bytes_copied,
+            Ok(r) => checker.violation(format!(
+                "side-by-side sync differs: {:?} {:?} (invariant 8)",
+                r.differences, r.problems
+            )),
+            Err(e) => checker.violation(format!("side-by-side sync failed: {e}")),
+        }
+        summary.repos = new.catalog(None, None).await.map(|c| c.len()).unwrap_or(0);
+        summary.virtual_ms = started.elapsed().as_secs_f64() * 1e3;
+        return summary;
+    }
+    let store = Store::open(driver.clone(), meta_dyn.clone(), legacy)
+        .await
+        .expect("fresh legacy root");
+    preload(&store, m, rng).await;
+    let before = logical(&store).await;
+    drop(store);
+    summary.repos = before.len();
+    let stops = plan
+        .migration_crashes
+        .iter()
+        .map(|k| (*k, true))
+        .chain(plan.migration_no_space.iter().map(|k| (*k, false)));
+    for (k, crash) in stops {
+        let faults = if crash {
+            SimFaults {
+                crash_after_ops: Some(k),
+                ..base_faults.clone()
+            }
+        } else {
+            SimFaults {
+                no_space_after_ops: Some(k),
+                ..base_faults.clone()
+            }
+        };
+        disk.set_faults(faults);
+        let result = migrate_in_place(driver.clone(), meta_dyn.clone(), &|_, _| {}).await;
+        disk.set_faults(base_faults.clone());
+        disk.power_on();
+        match result {
+            Ok(r) if r.completed => break, // finished before the planned stop
+            Ok(_) => {}
+            Err(_) if crash => summary.crashes += 1,
+            Err(_) => summary.no_space_stops += 1,
+        }
+    }
+    match migrate_in_place(driver.clone(), meta_dyn.clone(), &|_, _| {}).await {
+        Ok(r) => {
+            summary.bytes_copied = r.bytes_copied;
+            summary.blobs_relinked = r.blobs_relinked;
+            summary.markers_removed = r.markers_removed;
+            for p in r.problems {
+                checker.violation(format!("migration reported: {p}"));
+            }
+        }
+        Err(e) => checker.violation(format!(
+            "migration did not finish after its faults: {e} (invariant 8)"
+        )),
+    }
+    summary.virtual_ms = started.elapsed().as_secs_f64() * 1e3;
+    match Store::open(
+        driver.clone(),
+        meta_dyn,
+        StoreConfig {
+            layout: LayoutKind::Blobstore,
+            policy,
+        },
+    )
+    .await
+    {
+        Ok(migrated) => {
+            let after = logical(&migrated).await;
+            if after != before {
+                let changed: Vec<_> = before
+                    .keys()
+                    .chain(after.keys())
+                    .filter(|r| before.get(*r) != after.get(*r))
+                    .collect();
+                checker.violation(format!(
+                    "migration changed the content of {changed:?} (invariant 8)"
+                ));
+            }
+            checker.fsck(&migrated, "after migration", false).await;
+        }
+        Err(e) => checker.violation(format!(
+            "the migrated root does not open: {e} (invariant 8)"
+        )),
+    }
+    if markers(disk) > 0 {
+        checker.violation(format!(
+            "{} markers left after migration (invariant 8)",
+            markers(disk)
+        ));
+    }
+    summary
+}

@@ -1,0 +1,340 @@
+//! Results of runs: the side-by-side table, JSON, and an HTML page with
+//! plotters charts. All times are virtual (madsim), so they are free of
+//! machine noise and identical for the same seed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use engine::driver::CallCounts;
+use engine::lock::{Domain, LockMetrics, Mode};
+use engine::{LayoutKind, LockPolicy};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::migration::MigrationSummary;
+use crate::scenario::Scenario;
+use crate::workload::{CLASSES, Shared};
+
+/// Lock and call counters summed over every store instance of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Accumulated {
+    pub locks: Option<LockMetrics>,
+    pub calls: CallCounts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockRow {
+    pub domain: String,
+    pub acquisitions: u64,
+    pub exclusive: u64,
+    pub wait_p99_ms: f64,
+    pub hold_total_ms: f64,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    pub layout: String,
+    pub policy: String,
+    pub seed: u64,
+    pub virtual_secs: f64,
+    pub ops: u64,
+    pub throughput: f64,
+    pub latency: BTreeMap<String, Latency>,
+    pub locks: Vec<LockRow>,
+    pub driver_calls: u64,
+    pub calls_per_op: f64,
+    pub refused: u64,
+    pub retries: u64,
+    pub crashes: usize,
+    pub migration: Option<MigrationSummary>,
+    pub violations: Vec<String>,
+    pub final_hash: String,
+    pub store_ops: u64,
+    pub wall_ms: f64,
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    Latency {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+    }
+}
+
+impl RunResult {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        scenario: &Scenario,
+        layout: LayoutKind,
+        policy: LockPolicy,
+        seed: u64,
+        elapsed: Duration,
+        shared: &Shared,
+        acc: Accumulated,
+        crashes: usize,
+        migration: Option<MigrationSummary>,
+        final_hash: String,
+    ) -> RunResult {
+        let ops = shared.stats.ops.load(Ordering::Relaxed);
+        let virtual_secs = elapsed.as_secs_f64();
+        let latency = CLASSES
+            .iter()
+            .map(|c| (c.to_string(), latency(&shared.stats.histogram(c))))
+            .filter(|(_, l)| l.count > 0)
+            .collect();
+        let mut locks = Vec::new();
+        if let Some(m) = &acc.locks {
+            for domain in Domain::ALL {
+                let (s, x) = (m.get(domain, Mode::Shared), m.get(domain, Mode::Exclusive));
+                let mut wait = s.wait.clone();
+                let _ = wait.add(&x.wait);
+                if wait.is_empty() {
+                    continue;
+                }
+                locks.push(LockRow {
+                    domain: domain.to_string(),
+                    acquisitions: wait.len(),
+                    exclusive: x.acquisitions(),
+                    wait_p99_ms: ms(wait.value_at_quantile(0.99)),
+                    hold_total_ms: ms(s.total_hold_ns() + x.total_hold_ns()),
+                });
+            }
+        }
+        RunResult {
+            scenario: scenario.name.clone(),
+            layout: layout.to_string(),
+            policy: policy.to_string(),
+            seed,
+            virtual_secs,
+            ops,
+            throughput: if virtual_secs > 0.0 {
+                ops as f64 / virtual_secs
+            } else {
+                0.0
+            },
+            latency,
+            locks,
+            driver_calls: acc.calls.total(),
+            calls_per_op: acc.calls.total() as f64 / ops.max(1) as f64,
+            refused: shared.stats.refused.load(Ordering::Relaxed),
+            retries: shared.stats.retries.load(Ordering::Relaxed),
+            crashes,
+            migration,
+            violations: shared.checker.violations(),
+            final_hash,
+            store_ops: shared.stats.store_ops.load(Ordering::Relaxed),
+            wall_ms: 0.0,
+        }
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.layout, self.policy)
+    }
+
+    /// `throughput`, `p99:<class>`, `quiet_p99`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "throughput" => Some(self.throughput),
+            "quiet_p99" => self.latency.get("pull_quiet").map(|l| l.p99_ms),
+            _ => {
+                let class = name.strip_prefix("p99:")?;
+                self.latency.get(class).map(|l| l.p99_ms)
+            }
+        }
+    }
+}
+
+/// The side-by-side table for one seed.
+pub fn table(results: &[RunResult]) -> String {
+    let mut out = String::new();
+    let classes: Vec<&str> = CLASSES
+        .iter()
+        .copied()
+        .filter(|c| results.iter().any(|r| r.latency.contains_key(*c)))
+        .collect();
+    let _ = write!(out, "{:<18} {:>9} {:>8}", "layout/policy", "ops/s", "ops");
+    for c in &classes {
+        let _ = write!(out, " {:>22}", format!("{c} p50/p99/p999 ms"));
+    }
+    let _ = writeln!(
+        out,
+        " {:>10} {:>6} {:>5}  {:<16}",
+        "calls/op", "crash", "viol", "final hash"
+    );
+    for r in results {
+        let _ = write!(out, "{:<18} {:>9.0} {:>8}", r.label(), r.throughput, r.ops);
+        for c in &classes {
+            let cell = r.latency.get(*c).map_or("-".into(), |l| {
+                format!("{:.2}/{:.2}/{:.2}", l.p50_ms, l.p99_ms, l.p999_ms)
+            });
+            let _ = write!(out, " {cell:>22}");
+        }
+        let _ = writeln!(
+            out,
+            " {:>10.1} {:>6} {:>5}  {:<16}",
+            r.calls_per_op,
+            r.crashes,
+            r.violations.len(),
+            r.final_hash
+        );
+    }
+    let _ = writeln!(out, "\nlock wait (p99) and hold (total), virtual ms:");
+    for r in results {
+        let cells: Vec<String> = r
+            .locks
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} n={} x={} wait99={:.2} hold={:.0}",
+                    l.domain, l.acquisitions, l.exclusive, l.wait_p99_ms, l.hold_total_ms
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  {:<16} {}", r.label(), cells.join(" | "));
+    }
+    for r in results {
+        if let Some(m) = &r.migration {
+            let _ = writeln!(
+                out,
+                "migration ({}): {} repos, {} crash(es), {} full-disk stop(s), {} relinked, {} bytes copied, {} markers removed, {:.0} virtual ms",
+                m.mode,
+                m.repos,
+                m.crashes,
+                m.no_space_stops,
+                m.blobs_relinked,
+                m.bytes_copied,
+                m.markers_removed,
+                m.virtual_ms
+            );
+            break;
+        }
+    }
+    out
+}
+
+fn bars(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (640, 280)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let max = rows
+            .iter()
+            .map(|(_, v)| *v)
+            .fold(0.0f64, f64::max)
+            .max(1e-9)
+            * 1.15;
+        let n = rows.len().max(1);
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..n as f64, 0f64..max);
+        if let Ok(mut chart) = chart {
+            let labels: Vec<String> = rows.iter().map(|(l, _)| l.clone()).collect();
+            let _ = chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(n)
+                .x_label_formatter(&|x| labels.get(x.floor() as usize).cloned().unwrap_or_default())
+                .y_desc(unit)
+                .draw();
+            let palette = [
+                RGBColor(70, 110, 200),
+                RGBColor(220, 120, 40),
+                RGBColor(60, 160, 90),
+                RGBColor(150, 80, 170),
+            ];
+            let _ = chart.draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
+                Rectangle::new(
+                    [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
+                    palette[i % palette.len()].filled(),
+                )
+            }));
+        }
+        let _ = root.present();
+    }
+    svg
+}
+
+/// A self-contained HTML page: table, charts, violations.
+pub fn html(scenario: &Scenario, results: &[RunResult], command: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>ocistore sim: {name}</title>\
+         <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}</style>\
+         </head><body><h1>Simulation: {name}</h1><p>{desc}</p><p>Regenerate: <code>{cmd}</code>. Times are virtual (madsim).</p>",
+        name = esc(&scenario.name),
+        desc = esc(&scenario.description),
+        cmd = esc(command)
+    );
+    page.push_str(&bars(
+        "Throughput",
+        "ops / virtual s",
+        &results
+            .iter()
+            .map(|r| (r.label(), r.throughput))
+            .collect::<Vec<_>>(),
+    ));
+    for class in CLASSES {
+        let rows: Vec<(String, f64)> = results
+            .iter()
+            .filter_map(|r| r.latency.get(class).map(|l| (r.label(), l.p99_ms)))
+            .collect();
+        if !rows.is_empty() {
+            page.push_str(&bars(&format!("{class}: p99 latency"), "virtual ms", &rows));
+        }
+    }
+    let holds: Vec<(String, f64)> = results
+        .iter()
+        .map(|r| {
+            (
+                r.label(),
+                r.locks
+                    .iter()
+                    .find(|l| l.domain == "blobstore" || l.domain == "global")
+                    .map_or(0.0, |l| l.wait_p99_ms),
+            )
+        })
+        .collect();
+    page.push_str(&bars(
+        "Wait p99 on the widest lock (global or blobstore)",
+        "virtual ms",
+        &holds,
+    ));
+    page.push_str(&format!(
+        "<h2>Table</h2><pre>{}</pre>",
+        esc(&table(results))
+    ));
+    for r in results.iter().filter(|r| !r.violations.is_empty()) {
+        page.push_str(&format!(
+            "<h2>Violations: {}</h2><pre>{}</pre>",
+            esc(&r.label()),
+            esc(&r.violations.join("\n"))
+        ));
+    }
+    page.push_str("</body></html>\n");
+    page
+}

@@ -1,0 +1,473 @@
+//! The scenario file: what to simulate. Documented in `scenarios/README.md`.
+//!
+//! Strict: an unknown key or a value of the wrong type is an error with its
+//! line (toml's own), and a value out of range is an error naming the key
+//! and its line. Everything has a default, so a scenario states only what
+//! it is about.
+
+use std::fmt;
+
+use engine::{LayoutKind, LockPolicy};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seed used when `--seed`/`--seeds` are not given.
+    #[serde(default = "one")]
+    pub seed: u64,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub workload: Workload,
+    #[serde(default)]
+    pub faults: Faults,
+    #[serde(default)]
+    pub gc: Option<GcSection>,
+    #[serde(default)]
+    pub migration: Option<Migration>,
+    /// Claims the run checks about its own results (see README).
+    #[serde(default)]
+    pub expect: Vec<Expectation>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    #[serde(default = "default_layouts")]
+    pub layouts: Vec<String>,
+    #[serde(default = "default_policies")]
+    pub policies: Vec<String>,
+    /// `links` (hard links: the fs semantics) or `objects` (object-store semantics).
+    #[serde(default = "default_driver")]
+    pub driver: String,
+    #[serde(default)]
+    pub latency: Latency,
+}
+
+fn default_layouts() -> Vec<String> {
+    vec!["blobstore".into()]
+}
+
+fn default_policies() -> Vec<String> {
+    vec!["global".into(), "split".into(), "striped".into()]
+}
+
+fn default_driver() -> String {
+    "links".into()
+}
+
+impl Default for StoreSection {
+    fn default() -> StoreSection {
+        StoreSection {
+            layouts: default_layouts(),
+            policies: default_policies(),
+            driver: default_driver(),
+            latency: Latency::default(),
+        }
+    }
+}
+
+/// Per driver call, in virtual time.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    /// Round trip per call, microseconds.
+    #[serde(default)]
+    pub per_call_us: u64,
+    /// Transfer rate; 0 = instantaneous.
+    #[serde(default)]
+    pub bytes_per_sec: u64,
+    /// Extra round trip for fsync-class calls (sync_dir), microseconds.
+    #[serde(default)]
+    pub sync_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    #[serde(default = "eight")]
+    pub clients: u64,
+    #[serde(default = "eight")]
+    pub repos: u64,
+    /// Virtual seconds of traffic.
+    #[serde(default = "default_duration")]
+    pub duration_s: f64,
+    /// Operations per client (0: until the duration ends).
+    #[serde(default)]
+    pub ops_per_client: u64,
+    #[serde(default = "default_layers")]
+    pub layers_per_image: [u64; 2],
+    #[serde(default)]
+    pub layer_bytes: LayerBytes,
+    /// Base layers shared between repositories (the pool), and the chance
+    /// that a pushed layer comes from it rather than being new.
+    #[serde(default = "eight")]
+    pub shared_layers: u64,
+    #[serde(default = "half")]
+    pub share_probability: f64,
+    /// Zipf exponent over the shared pool (0: uniform).
+    #[serde(default)]
+    pub share_zipf: f64,
+    /// Share of operations aimed at repository 0 (the hot one).
+    #[serde(default)]
+    pub hot_repo_fraction: f64,
+    /// Every client works on its own repository (client i -> repo i % repos).
+    #[serde(default)]
+    pub client_owns_repo: bool,
+    /// Zipf exponent for choosing repositories to pull from (0: uniform).
+    #[serde(default)]
+    pub pull_zipf: f64,
+    #[serde(default)]
+    pub mix: Mix,
+}
+
+fn eight() -> u64 {
+    8
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+fn default_duration() -> f64 {
+    2.0
+}
+
+fn default_layers() -> [u64; 2] {
+    [1, 4]
+}
+
+impl Default for Workload {
+    fn default() -> Workload {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+/// Relative weights of operation classes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mix {
+    #[serde(default = "one")]
+    pub push: u64,
+    #[serde(default = "ten")]
+    pub pull: u64,
+    #[serde(default)]
+    pub retag: u64,
+    #[serde(default)]
+    pub delete: u64,
+    #[serde(default)]
+    pub head: u64,
+}
+
+fn ten() -> u64 {
+    10
+}
+
+impl Default for Mix {
+    fn default() -> Mix {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+/// Layer sizes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum LayerBytes {
+    Fixed {
+        bytes: u64,
+    },
+    Uniform {
+        min: u64,
+        max: u64,
+    },
+    /// WORKLOADS.md: `small_share` lognormal(median `small_median`, sigma
+    /// 1.26) + the rest lognormal(median `large_median`, sigma 1.8), capped.
+    Mixture {
+        #[serde(default = "small_share")]
+        small_share: f64,
+        #[serde(default = "small_median")]
+        small_median: f64,
+        #[serde(default = "large_median")]
+        large_median: f64,
+        #[serde(default = "cap")]
+        cap: u64,
+    },
+}
+
+fn small_share() -> f64 {
+    0.47
+}
+fn small_median() -> f64 {
+    694.0
+}
+fn large_median() -> f64 {
+    15.4e6
+}
+fn cap() -> u64 {
+    64 << 20
+}
+
+impl Default for LayerBytes {
+    fn default() -> LayerBytes {
+        LayerBytes::Uniform {
+            min: 1000,
+            max: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Virtual times (seconds) of power cuts of the engine node.
+    #[serde(default)]
+    pub crash_at_s: Vec<f64>,
+    /// Additional power cuts at times drawn from the seed.
+    #[serde(default)]
+    pub random_crashes: u64,
+    #[serde(default)]
+    pub torn_writes: bool,
+    /// Disk capacity in bytes (0: unlimited).
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    #[serde(default)]
+    pub latency_spikes: Vec<Spike>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spike {
+    pub at_s: f64,
+    pub duration_s: f64,
+    pub factor: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcSection {
+    pub every_s: f64,
+    #[serde(default)]
+    pub delay_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    /// A legacy dataset written before the run: repositories and images each.
+    #[serde(default = "four")]
+    pub preload_repos: u64,
+    #[serde(default = "four")]
+    pub preload_images: u64,
+    /// `in_place` or `side_by_side`.
+    #[serde(default = "in_place")]
+    pub mode: String,
+    /// Power cuts during the migration, after this many machine operations
+    /// (drawn from the seed if empty and `random_crashes` > 0).
+    #[serde(default)]
+    pub crash_after_ops: Vec<u64>,
+    #[serde(default)]
+    pub random_crashes: u64,
+    /// Disk full after this many operations; freed before the retry.
+    #[serde(default)]
+    pub no_space_after_ops: Vec<u64>,
+}
+
+fn four() -> u64 {
+    4
+}
+
+fn in_place() -> String {
+    "in_place".into()
+}
+
+/// A claim about the run's own figures, checked and reported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// `throughput`, `p99:<class>` (latency) or `quiet_p99` (pulls of repos other than the hot one).
+    pub metric: String,
+    /// `<policy>` or `<layout>/<policy>`.
+    pub of: String,
+    /// `>=` or `<=`.
+    pub is: String,
+    /// times the same metric of `than`.
+    pub factor: f64,
+    /// `<policy>`, `<layout>/<policy>`, or `<scenario-file>:<policy>` for a baseline run.
+    pub than: String,
+}
+
+/// A scenario error, with where it is.
+#[derive(Debug)]
+pub struct ScenarioError(pub String);
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Line (1-based) of `key` in `src`, for messages about valid TOML with bad values.
+fn line_of(src: &str, key: &str) -> String {
+    let short = key.rsplit('.').next().unwrap_or(key);
+    src.lines()
+        .position(|l| l.trim_start().starts_with(short) && l.contains('='))
+        .map_or_else(String::new, |i| format!(" (line {})", i + 1))
+}
+
+impl Scenario {
+    pub fn parse(src: &str, file: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(src).map_err(|e| ScenarioError(format!("{file}: {e}")))?;
+        s.validate(src, file)?;
+        Ok(s)
+    }
+
+    fn validate(&self, src: &str, file: &str) -> Result<(), ScenarioError> {
+        let bad = |key: &str, why: &str| {
+            Err(ScenarioError(format!(
+                "{file}: {key}{}: {why}",
+                line_of(src, key)
+            )))
+        };
+        for l in &self.store.layouts {
+            if l.parse::<LayoutKind>().is_err() {
+                return bad(
+                    "store.layouts",
+                    &format!("unknown layout {l:?} (legacy, blobstore)"),
+                );
+            }
+        }
+        for p in &self.store.policies {
+            if p.parse::<LockPolicy>().is_err() {
+                return bad(
+                    "store.policies",
+                    &format!("unknown policy {p:?} (global, split, striped)"),
+                );
+            }
+        }
+        if self.store.layouts.is_empty() || self.store.policies.is_empty() {
+            return bad("store.layouts", "at least one layout and one policy");
+        }
+        if !matches!(self.store.driver.as_str(), "links" | "objects") {
+            return bad("store.driver", "must be \"links\" or \"objects\"");
+        }
+        let w = &self.workload;
+        if w.clients == 0 || w.clients > 10_000 {
+            return bad("workload.clients", "must be 1..=10000");
+        }
+        if w.repos == 0 || w.repos > 100_000 {
+            return bad("workload.repos", "must be 1..=100000");
+        }
+        if !(w.duration_s > 0.0 && w.duration_s <= 86_400.0) {
+            return bad("workload.duration_s", "must be > 0 and <= 86400");
+        }
+        if w.layers_per_image[0] == 0
+            || w.layers_per_image[0] > w.layers_per_image[1]
+            || w.layers_per_image[1] > 128
+        {
+            return bad(
+                "workload.layers_per_image",
+                "must be [min, max] with 1 <= min <= max <= 128",
+            );
+        }
+        for (key, p) in [
+            ("workload.share_probability", w.share_probability),
+            ("workload.hot_repo_fraction", w.hot_repo_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(key, "must be between 0 and 1");
+            }
+        }
+        if w.mix.push + w.mix.pull + w.mix.retag + w.mix.delete + w.mix.head == 0 {
+            return bad("workload.mix", "at least one weight must be positive");
+        }
+        match &w.layer_bytes {
+            LayerBytes::Uniform { min, max } if min > max || *max > 1 << 30 => {
+                return bad("workload.layer_bytes", "uniform needs min <= max <= 1 GiB");
+            }
+            LayerBytes::Fixed { bytes } if *bytes > 1 << 30 => {
+                return bad("workload.layer_bytes", "at most 1 GiB");
+            }
+            _ => {}
+        }
+        for t in &self.faults.crash_at_s {
+            if !(*t > 0.0 && *t < w.duration_s) {
+                return bad(
+                    "faults.crash_at_s",
+                    "each time must be inside (0, duration_s)",
+                );
+            }
+        }
+        if let Some(gc) = &self.gc
+            && (gc.every_s.is_nan() || gc.every_s <= 0.0)
+        {
+            return bad("gc.every_s", "must be > 0");
+        }
+        if let Some(m) = &self.migration {
+            if !matches!(m.mode.as_str(), "in_place" | "side_by_side") {
+                return bad("migration.mode", "must be \"in_place\" or \"side_by_side\"");
+            }
+            if m.preload_repos == 0 {
+                return bad("migration.preload_repos", "must be >= 1");
+            }
+            if self.store.layouts != ["blobstore"] {
+                return bad(
+                    "store.layouts",
+                    "a migration scenario migrates to [\"blobstore\"]",
+                );
+            }
+        }
+        for e in &self.expect {
+            if !matches!(e.is.as_str(), ">=" | "<=") {
+                return bad("expect.is", "must be \">=\" or \"<=\"");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every (layout, policy) pair to run, optionally only one policy.
+    pub fn configs(&self, only: Option<LockPolicy>) -> Vec<(LayoutKind, LockPolicy)> {
+        let mut out = Vec::new();
+        for l in &self.store.layouts {
+            for p in &self.store.policies {
+                let (l, p) = (l.parse().expect("validated"), p.parse().expect("validated"));
+                if only.is_none_or(|o| o == p) {
+                    out.push((l, p));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_an_almost_empty_file() {
+        let s = Scenario::parse("name = \"x\"\n", "x.toml").unwrap();
+        assert_eq!(s.workload.clients, 8);
+        assert_eq!(s.configs(None).len(), 3);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_their_line() {
+        let e = Scenario::parse("name = \"x\"\n[workload]\nclinets = 3\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("line 3") && e.0.contains("clinets"), "{e}");
+        let e = Scenario::parse("name = \"x\"\n\n[workload]\nclients = 0\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("workload.clients (line 4)"), "{e}");
+        let e = Scenario::parse("name = \"x\"\n[store]\npolicies = [\"fast\"]\n", "x.toml")
+            .unwrap_err();
+        assert!(e.0.contains("unknown policy"), "{e}");
+        let e = Scenario::parse("name = 3\n", "x.toml").unwrap_err();
+        assert!(e.0.contains("line 1"), "{e}");
+    }
+}
