@@ -197,3 +197,72 @@ pub fn blobs_of(media_type: &str, body: &[u8]) -> Vec<Digest> {
         .map(|m| m.blobs().into_iter().map(|b| b.digest.clone()).collect())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use engine::driver::{SimDisk, SimDriver};
+    use engine::meta::MemoryMeta;
+    use engine::oci::media;
+    use engine::{LayoutKind, LockPolicy, StoreConfig};
+
+    use super::*;
+
+    /// The checker is only worth its silence if it speaks: a tag lost
+    /// behind its back, and a blob gone from under an acknowledged manifest,
+    /// are both reported.
+    #[tokio::test]
+    async fn lost_acknowledged_writes_are_reported() {
+        let driver = Arc::new(SimDriver::on(SimDisk::new()));
+        let config = StoreConfig {
+            layout: LayoutKind::Blobstore,
+            policy: LockPolicy::Striped,
+        };
+        let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
+            .await
+            .unwrap();
+        let repo = RepoName::parse("r").unwrap();
+        let layer = Bytes::from_static(b"layer bytes");
+        let (ld, cd) = (Digest::sha256(&layer), Digest::sha256(b"{}"));
+        store.push_blob(&repo, &ld, layer.clone()).await.unwrap();
+        store
+            .push_blob(&repo, &cd, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"a/b","digest":"{cd}","size":2}},"layers":[{{"mediaType":"a/b","digest":"{ld}","size":{}}}]}}"#,
+            media::OCI_MANIFEST,
+            layer.len()
+        );
+        let checker = Checker::default();
+        let acked = Acked {
+            digest: Digest::sha256(body.as_bytes()),
+            blobs: blobs_of(media::OCI_MANIFEST, body.as_bytes()),
+        };
+        checker.begin(&repo, "v1", Some(acked));
+        store
+            .put_manifest(
+                &repo,
+                &tag_ref("v1"),
+                media::OCI_MANIFEST,
+                Bytes::from(body),
+            )
+            .await
+            .unwrap();
+        checker.ack(&repo, "v1");
+        checker.verify_tags(&store, "clean").await;
+        assert!(
+            checker.violations().is_empty(),
+            "{:?}",
+            checker.violations()
+        );
+
+        // Behind the checker's back: the tag goes.
+        store.delete_manifest(&repo, &tag_ref("v1")).await.unwrap();
+        checker.verify_tags(&store, "lost tag").await;
+        assert_eq!(checker.violations().len(), 1, "{:?}", checker.violations());
+        assert!(checker.violations()[0].contains("invariant 1/2"));
+    }
+}

@@ -92,8 +92,13 @@ mod app {
         )
     }
 
-    /// Runs one configuration, turning a stuck run (madsim's time limit
-    /// panics) into an error instead of a crash of the whole sweep.
+    /// Wall-clock bound on one run: madsim's time limit catches runs stuck
+    /// in virtual time; this catches runs that spin without letting virtual
+    /// time advance (a livelock at one instant).
+    const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(600);
+
+    /// Runs one configuration on its own thread; a panic (madsim's time
+    /// limit) or the watchdog becomes an error instead of a hang.
     fn run_caught(
         s: &Scenario,
         layout: LayoutKind,
@@ -101,14 +106,25 @@ mod app {
         seed: u64,
     ) -> Result<RunResult, String> {
         let s2 = s.clone();
-        std::thread::spawn(move || run(&s2, layout, policy, seed))
-            .join()
-            .map_err(|e| {
-                e.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            })
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&s2, layout, policy, seed)
+            }));
+            let _ = tx.send(outcome);
+        });
+        match rx.recv_timeout(WATCHDOG) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into())),
+            Err(_) => Err(format!(
+                "no result after {} wall-clock seconds (livelock?)",
+                WATCHDOG.as_secs()
+            )),
+        }
     }
 
     pub fn main() -> ExitCode {

@@ -90,6 +90,14 @@ async fn simulate(
         None => None,
     };
 
+    if scenario.workload.preload_images > 0 {
+        let meta: Arc<dyn MetaStore> = meta.clone();
+        match Store::open(driver.clone(), meta, config).await {
+            Ok(store) => crate::workload::preload(&store, &shared, &rng).await,
+            Err(e) => shared.checker.violation(format!("preload: {e}")),
+        }
+    }
+
     let handle = Handle::current();
     let slot: Arc<Mutex<Option<Store>>> = Arc::default();
     let node = {

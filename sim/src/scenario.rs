@@ -116,9 +116,17 @@ pub struct Workload {
     /// Zipf exponent over the shared pool (0: uniform).
     #[serde(default)]
     pub share_zipf: f64,
-    /// Share of operations aimed at repository 0 (the hot one).
+    /// Share of reads aimed at repository 0 (the hot one); when set, every
+    /// write (push, retag, delete) goes to the hot repository.
     #[serde(default)]
     pub hot_repo_fraction: f64,
+    /// A client's pause between operations, virtual microseconds (also what
+    /// makes time advance when the store is configured without latency).
+    #[serde(default = "default_think")]
+    pub think_us: u64,
+    /// Images pushed to every repository before the clock starts.
+    #[serde(default)]
+    pub preload_images: u64,
     /// Every client works on its own repository (client i -> repo i % repos).
     #[serde(default)]
     pub client_owns_repo: bool,
@@ -131,6 +139,10 @@ pub struct Workload {
 
 fn eight() -> u64 {
     8
+}
+
+fn default_think() -> u64 {
+    100
 }
 
 fn half() -> f64 {
@@ -384,6 +396,12 @@ impl Scenario {
             if !(0.0..=1.0).contains(&p) {
                 return bad(key, "must be between 0 and 1");
             }
+        }
+        if w.think_us == 0 || w.think_us > 60_000_000 {
+            return bad(
+                "workload.think_us",
+                "must be 1..=60000000 (time must advance)",
+            );
         }
         if w.mix.push + w.mix.pull + w.mix.retag + w.mix.delete + w.mix.head == 0 {
             return bad("workload.mix", "at least one weight must be positive");

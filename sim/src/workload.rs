@@ -165,6 +165,36 @@ fn now() -> tokio::time::Instant {
     tokio::time::Instant::now()
 }
 
+/// Pushes `preload_images` images to every repository (untimed), as
+/// acknowledged tags `pre0`, `pre1`, ...
+pub async fn preload(store: &Store, shared: &Shared, rng: &Rng) {
+    let mut rng = rng.fork(0x9e1d);
+    for r in 0..shared.workload.repos {
+        let repo = repo_name(r);
+        for k in 0..shared.workload.preload_images {
+            let (blobs, manifest) = shared.image(&mut rng);
+            for (d, data) in &blobs {
+                store
+                    .push_blob(&repo, d, data.clone())
+                    .await
+                    .expect("preload blob");
+            }
+            let tag = format!("pre{k}");
+            let acked = Acked {
+                digest: Digest::sha256(&manifest),
+                blobs: blobs_of(media::OCI_MANIFEST, &manifest),
+            };
+            shared.checker.begin(&repo, &tag, Some(acked));
+            let reference = Reference::Tag(Tag::parse(&tag).expect("valid"));
+            store
+                .put_manifest(&repo, &reference, media::OCI_MANIFEST, manifest)
+                .await
+                .expect("preload manifest");
+            shared.checker.ack(&repo, &tag);
+        }
+    }
+}
+
 /// One client, until the run stops or its operation budget is spent.
 pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
     let w = shared.workload.clone();
@@ -182,7 +212,7 @@ pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
         }
         // Draw the whole operation up front: a crash mid-operation then
         // leaves the generator where a restart expects it.
-        let (mut rng, n) = {
+        let (mut rng, _n) = {
             let mut state = shared.clients[id as usize].lock().unwrap();
             if w.ops_per_client > 0 && state.1 >= w.ops_per_client {
                 break;
@@ -192,17 +222,6 @@ pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
             state.0.next();
             (r.fork(state.1), state.1)
         };
-        let hot = w.hot_repo_fraction > 0.0 && rng.unit() < w.hot_repo_fraction;
-        let repo_i = if w.client_owns_repo {
-            id % w.repos
-        } else if hot {
-            0
-        } else if w.hot_repo_fraction > 0.0 && w.repos > 1 {
-            1 + rng.below(w.repos - 1)
-        } else {
-            rng.zipf(w.repos, w.pull_zipf)
-        };
-        let repo = repo_name(repo_i);
         let mut pick = rng.below(total);
         let class = weights
             .iter()
@@ -215,15 +234,29 @@ pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
                 }
             })
             .unwrap_or(0);
+        let write = matches!(class, 0 | 3 | 4);
+        let repo_i = if w.client_owns_repo {
+            id % w.repos
+        } else if w.hot_repo_fraction > 0.0 {
+            if write || w.repos == 1 || rng.unit() < w.hot_repo_fraction {
+                0
+            } else {
+                1 + rng.below(w.repos - 1)
+            }
+        } else {
+            rng.zipf(w.repos, w.pull_zipf)
+        };
+        let repo = repo_name(repo_i);
         let started = now();
         let name = match class {
-            0 => push(id, n, &store, &shared, &repo, &mut rng).await,
+            0 => push(id, &store, &shared, &repo, &mut rng).await,
             1 => pull(&store, &shared, &repo, &mut rng, repo_i != 0).await,
             2 => head(&store, &shared, &repo, &mut rng).await,
             3 => retag(id, &store, &shared, &repo, &mut rng).await,
             _ => delete(id, &store, &shared, &repo, &mut rng).await,
         };
         shared.stats.record(name, started.elapsed());
+        tokio::time::sleep(Duration::from_micros(w.think_us)).await;
     }
     shared.finished.fetch_add(1, Ordering::Relaxed);
 }
@@ -241,7 +274,7 @@ fn refused(shared: &Shared, e: &engine::StoreError) {
 
 async fn push(
     id: u64,
-    _n: u64,
+
     store: &Store,
     shared: &Shared,
     repo: &RepoName,

@@ -75,6 +75,8 @@ struct Inode {
     open: u32,
     /// Live names pointing here (kept in step by `set_entry`/`remove_entry`).
     links: u64,
+    /// Durable names pointing here (kept in step by `fsync_dir`).
+    durable_links: u64,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +96,13 @@ struct DiskState {
     last_write: Option<(u64, usize)>,
     rng: u64,
     crashes: u64,
+    /// Per directory, the children whose live entry changed since its last
+    /// fsync: what `fsync_dir` has to persist (so it costs the changes, not
+    /// the directory's size).
+    dirty: BTreeMap<String, BTreeSet<String>>,
+    /// Bytes of file data reachable by a live name or an open handle (what
+    /// `capacity` limits; space is freed at unlink, as on a real disk).
+    used: u64,
 }
 
 /// The crash payload carried inside `io::Error` so the driver reports
@@ -130,8 +139,12 @@ impl Drop for SimFile {
             && let Some(inode) = st.inodes.get_mut(&self.inode)
         {
             inode.open -= 1;
+            if inode.links == 0 && inode.open == 0 {
+                let len = inode.live.len() as u64;
+                st.used -= len;
+            }
+            st.maybe_free(self.inode);
         }
-        st.collect_garbage();
     }
 }
 
@@ -178,11 +191,26 @@ impl DiskState {
     }
 
     fn used(&self) -> u64 {
-        self.inodes
-            .values()
-            .filter(|inode| inode.open > 0 || inode.links > 0)
-            .map(|inode| inode.live.len() as u64)
-            .sum()
+        self.used
+    }
+
+    /// Frees an inode nothing refers to any more: no live name, no durable
+    /// name (a crash could bring it back), no open handle.
+    fn maybe_free(&mut self, id: u64) {
+        if let Some(inode) = self.inodes.get(&id)
+            && inode.links == 0
+            && inode.open == 0
+            && inode.durable_links == 0
+        {
+            self.inodes.remove(&id);
+        }
+    }
+
+    fn mark_dirty(&mut self, path: &str) {
+        self.dirty
+            .entry(parent_of(path).to_owned())
+            .or_default()
+            .insert(path.to_owned());
     }
 
     /// Every live namespace change goes through here and `remove_entry`, so
@@ -191,6 +219,7 @@ impl DiskState {
         if let Entry::File(id) = entry {
             self.inodes.get_mut(&id).expect("linked inode exists").links += 1;
         }
+        self.mark_dirty(path);
         if let Some(old) = self.live.insert(path.to_owned(), entry) {
             self.unlinked(old);
         }
@@ -198,6 +227,7 @@ impl DiskState {
 
     fn remove_entry(&mut self, path: &str) {
         if let Some(old) = self.live.remove(path) {
+            self.mark_dirty(path);
             self.unlinked(old);
         }
     }
@@ -207,6 +237,36 @@ impl DiskState {
             && let Some(inode) = self.inodes.get_mut(&id)
         {
             inode.links -= 1;
+            if inode.links == 0 && inode.open == 0 {
+                self.used -= inode.live.len() as u64;
+            }
+            self.maybe_free(id);
+        }
+    }
+
+    /// Persists the entries of `dir` that changed since its last fsync.
+    fn persist_dir(&mut self, dir: &str) {
+        let Some(changed) = self.dirty.remove(dir) else {
+            return;
+        };
+        for path in changed {
+            let new = self.live.get(&path).copied();
+            let old = match new {
+                Some(e) => self.durable.insert(path.clone(), e),
+                None => self.durable.remove(&path),
+            };
+            if let Some(Entry::File(id)) = new {
+                self.inodes
+                    .get_mut(&id)
+                    .expect("live inode exists")
+                    .durable_links += 1;
+            }
+            if let Some(Entry::File(id)) = old
+                && let Some(inode) = self.inodes.get_mut(&id)
+            {
+                inode.durable_links -= 1;
+                self.maybe_free(id);
+            }
         }
     }
 
@@ -251,21 +311,6 @@ impl DiskState {
         Ok(self.inodes.get_mut(&file.inode).expect("open inode exists"))
     }
 
-    /// Drops inodes no name (live or durable) and no handle refers to.
-    fn collect_garbage(&mut self) {
-        let referenced: BTreeSet<u64> = self
-            .live
-            .values()
-            .chain(self.durable.values())
-            .filter_map(|e| match e {
-                Entry::File(id) => Some(*id),
-                Entry::Dir => None,
-            })
-            .collect();
-        self.inodes
-            .retain(|id, inode| inode.open > 0 || referenced.contains(id));
-    }
-
     /// The durable entries whose whole directory chain is durable too:
     /// exactly what a crash leaves reachable.
     fn reachable_durable(&self) -> BTreeMap<String, Entry> {
@@ -304,15 +349,20 @@ impl DiskState {
         let live = self.reachable_durable();
         for inode in self.inodes.values_mut() {
             inode.links = 0;
+            inode.durable_links = 0;
         }
         for entry in live.values() {
             if let Entry::File(id) = entry {
-                self.inodes.get_mut(id).expect("durable inode exists").links += 1;
+                let inode = self.inodes.get_mut(id).expect("durable inode exists");
+                inode.links += 1;
+                inode.durable_links += 1;
             }
         }
         self.durable = live.clone();
         self.live = live;
-        self.collect_garbage();
+        self.dirty.clear();
+        self.inodes.retain(|_, inode| inode.links > 0);
+        self.used = self.inodes.values().map(|i| i.live.len() as u64).sum(); // all linked now
     }
 }
 
@@ -484,6 +534,7 @@ impl PosixFs for Arc<SimDisk> {
             let before = inode.live.len();
             inode.live.extend_from_slice(&data);
             inode.modified = Some(SystemTime::now());
+            st.used += data.len() as u64;
             st.last_write = Some((file.inode, before));
             Ok(())
         })
@@ -568,7 +619,6 @@ impl PosixFs for Arc<SimDisk> {
             }
             st.set_entry(to, Entry::File(id));
             st.remove_entry(from);
-            st.collect_garbage();
             Ok(())
         })
     }
@@ -596,7 +646,6 @@ impl PosixFs for Arc<SimDisk> {
                 }
             }
             st.remove_entry(path);
-            st.collect_garbage();
             Ok(())
         })
     }
@@ -606,24 +655,9 @@ impl PosixFs for Arc<SimDisk> {
             if !st.is_dir(path) {
                 return Err(err(io::ErrorKind::NotFound));
             }
-            // Persist exactly this directory's entries: the children present
-            // now, and the removal of children no longer present.
-            let children = |map: &BTreeMap<String, Entry>| -> Vec<String> {
-                map.keys()
-                    .filter(|k| parent_of(k) == path && !k.is_empty())
-                    .cloned()
-                    .collect()
-            };
-            for gone in children(&st.durable) {
-                if !st.live.contains_key(&gone) {
-                    st.durable.remove(&gone);
-                }
-            }
-            for child in children(&st.live) {
-                let entry = st.live[&child];
-                st.durable.insert(child, entry);
-            }
-            st.collect_garbage();
+            // Persist exactly this directory's entries: the children created,
+            // replaced or removed since its last fsync.
+            st.persist_dir(path);
             Ok(())
         })
     }
@@ -661,7 +695,6 @@ impl PosixFs for Arc<SimDisk> {
                     st.remove_entry(dir);
                     dir = parent_of(dir);
                 }
-                st.collect_garbage();
             }
             Ok(())
         });

@@ -160,6 +160,11 @@ impl LockManager {
         self.inner.recorder.snapshot()
     }
 
+    /// Acquisitions of one domain and mode so far (cheap: no histogram copies).
+    pub fn acquisitions(&self, domain: Domain, mode: Mode) -> u64 {
+        self.inner.recorder.acquisitions(domain, mode)
+    }
+
     /// Live per-repository and per-digest locks (they are dropped when unused).
     pub fn table_sizes(&self) -> (usize, usize) {
         (self.inner.repos.len(), self.inner.digests.len())

@@ -211,6 +211,11 @@ impl Store {
         }
     }
 
+    /// Lock acquisitions of one domain and mode so far (cheap).
+    pub fn lock_acquisitions(&self, domain: crate::lock::Domain, mode: crate::lock::Mode) -> u64 {
+        self.inner.locks.acquisitions(domain, mode)
+    }
+
     /// Live per-repository and per-digest locks (bounded by contention).
     pub fn lock_table_sizes(&self) -> (usize, usize) {
         self.inner.locks.table_sizes()
