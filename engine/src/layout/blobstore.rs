@@ -270,7 +270,9 @@ impl BlobLayout for BlobstoreLayout {
             Err(e) => return Err(e.into()),
         };
         self.driver.delete(&bs).await?;
-        self.verifier.distrust(digest);
+        // No repository holds it, so this is its only name: forget just it
+        // (distrust() walks the whole cache, and a sweep deletes thousands).
+        self.verifier.forget(&bs);
         self.driver.sync_dir(bs.parent().as_ref()).await?;
         Ok(Some(size))
     }
