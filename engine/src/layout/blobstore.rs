@@ -23,11 +23,11 @@ use bytes::Bytes;
 
 use super::verify::read_verified;
 use super::{
-    BlobLayout, LayoutKind, Verifier, blobstore_blob, blobstore_dir, parse_blob_paths, repo_blob,
-    repo_blobs_dir,
+    BlobLayout, LayoutKind, Source, Verifier, blobstore_blob, blobstore_dir, parse_blob_paths,
+    place, repo_blob, repo_blobs_dir,
 };
 use crate::digest::Digest;
-use crate::driver::{Driver, DriverPath, PutMode};
+use crate::driver::{Driver, DriverPath};
 use crate::error::StoreResult;
 use crate::meta::{Batch, MetaStore, Table, scan_keys};
 use crate::oci::names::RepoName;
@@ -40,11 +40,6 @@ pub struct BlobstoreLayout {
     verifier: Verifier,
     /// Hard links available: link counts are the reference truth.
     local: bool,
-}
-
-enum Source<'a> {
-    Staged(&'a DriverPath),
-    Bytes(Bytes),
 }
 
 pub(crate) fn ref_by_digest(d: &Digest, repo: &RepoName) -> Vec<u8> {
@@ -85,31 +80,7 @@ impl BlobstoreLayout {
         }
         // Absent, or present with bytes that do not hash to `d` (corrupt):
         // the new, verified bytes replace them.
-        let size = match &source {
-            Source::Staged(staged) => driver.stat(staged).await?.size,
-            Source::Bytes(data) => data.len() as u64,
-        };
-        let consumed = match source {
-            Source::Staged(staged) if self.local => {
-                driver.rename(staged, &bs).await?;
-                // The staged name's removal first: a crash after the
-                // blobstore sync but before this one would leave two names
-                // on the inode, and the link count would lie.
-                driver.sync_dir(staged.parent().as_ref()).await?;
-                driver.sync_dir(bs.parent().as_ref()).await?;
-                true
-            }
-            Source::Staged(staged) => {
-                driver.copy(staged, &bs, PutMode::Overwrite).await?;
-                false
-            }
-            Source::Bytes(data) => {
-                driver.put(&bs, data, PutMode::Overwrite).await?;
-                false
-            }
-        };
-        self.verifier.trust_written(driver, &bs, d, size).await?;
-        Ok(consumed)
+        place(driver, &self.verifier, d, &bs, &source).await
     }
 
     /// Points `repo` at the blobstore copy of `d` (which must be valid).

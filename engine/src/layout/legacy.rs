@@ -23,7 +23,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::verify::read_verified;
-use super::{BlobLayout, LayoutKind, Verifier, parse_blob_paths, repo_blob, repo_blobs_dir};
+use super::{
+    BlobLayout, LayoutKind, Source, Verifier, parse_blob_paths, place, repo_blob, repo_blobs_dir,
+};
 use crate::digest::Digest;
 use crate::driver::{Driver, DriverPath, PutMode};
 use crate::error::{StoreError, StoreResult};
@@ -46,11 +48,6 @@ pub struct LegacyLayout {
     meta: Arc<dyn MetaStore>,
     verifier: Verifier,
     local: bool,
-}
-
-enum Source<'a> {
-    Staged(&'a DriverPath),
-    Bytes(Bytes),
 }
 
 fn path_of(s: &str) -> StoreResult<DriverPath> {
@@ -115,41 +112,6 @@ impl LegacyLayout {
         }
     }
 
-    /// Stores bytes at `path` as the digest's original. Returns whether the
-    /// staged file was consumed (renamed into place).
-    async fn place_original(
-        &self,
-        digest: &Digest,
-        path: &DriverPath,
-        source: &Source<'_>,
-    ) -> StoreResult<bool> {
-        let driver = &*self.driver;
-        let size = match source {
-            Source::Staged(staged) => driver.stat(staged).await?.size,
-            Source::Bytes(data) => data.len() as u64,
-        };
-        let consumed = match source {
-            Source::Staged(staged) if self.local => {
-                driver.rename(staged, path).await?;
-                driver.sync_dir(staged.parent().as_ref()).await?;
-                driver.sync_dir(path.parent().as_ref()).await?;
-                true
-            }
-            Source::Staged(staged) => {
-                driver.copy(staged, path, PutMode::Overwrite).await?;
-                false
-            }
-            Source::Bytes(data) => {
-                driver.put(path, data.clone(), PutMode::Overwrite).await?;
-                false
-            }
-        };
-        self.verifier
-            .trust_written(driver, path, digest, size)
-            .await?;
-        Ok(consumed)
-    }
-
     /// Makes `path` a duplicate of `original`: a hard link, or a marker.
     async fn place_duplicate(&self, original: &DriverPath, path: &DriverPath) -> StoreResult<()> {
         let driver = &*self.driver;
@@ -190,7 +152,7 @@ impl LegacyLayout {
         let consumed = if is_empty_digest(d) {
             // Not deduplicated: a 0-byte object of the empty digest is its
             // real content, so every repository keeps its own.
-            self.place_original(d, &path, &source).await?
+            place(&*self.driver, &self.verifier, d, &path, &source).await?
         } else {
             let mut entry = self.entry(d).await?;
             let consumed = match self.valid_original(d, &entry).await? {
@@ -201,7 +163,7 @@ impl LegacyLayout {
                     false
                 }
                 None => {
-                    let consumed = self.place_original(d, &path, &source).await?;
+                    let consumed = place(&*self.driver, &self.verifier, d, &path, &source).await?;
                     entry.duplicates.remove(path.as_str());
                     entry.original = Some(path.to_string());
                     consumed

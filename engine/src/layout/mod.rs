@@ -137,6 +137,53 @@ pub(crate) fn parse_blob_paths<'a>(
     out
 }
 
+/// Where new bytes for a layout come from.
+pub(crate) enum Source<'a> {
+    /// A committed upload file (consumed when renamed into place).
+    Staged(&'a DriverPath),
+    /// A small body in memory (manifests, monolithic pushes).
+    Bytes(Bytes),
+}
+
+/// Puts `source`'s bytes at `path`, replacing what is there, durably, and
+/// records them as verified (the caller hashed them). Returns whether a
+/// staged file was consumed: renamed into place on linking drivers; copied
+/// elsewhere (the caller then deletes it).
+pub(crate) async fn place(
+    driver: &dyn crate::driver::Driver,
+    verifier: &Verifier,
+    digest: &Digest,
+    path: &DriverPath,
+    source: &Source<'_>,
+) -> StoreResult<bool> {
+    use crate::driver::PutMode;
+    let size = match source {
+        Source::Staged(staged) => driver.stat(staged).await?.size,
+        Source::Bytes(data) => data.len() as u64,
+    };
+    let consumed = match source {
+        Source::Staged(staged) if driver.capabilities().rename => {
+            driver.rename(staged, path).await?;
+            // The staged name's removal is made durable first: a crash after
+            // the target's sync but before this one would leave two names on
+            // the inode, and the link count (reference truth) would lie.
+            driver.sync_dir(staged.parent().as_ref()).await?;
+            driver.sync_dir(path.parent().as_ref()).await?;
+            true
+        }
+        Source::Staged(staged) => {
+            driver.copy(staged, path, PutMode::Overwrite).await?;
+            false
+        }
+        Source::Bytes(data) => {
+            driver.put(path, data.clone(), PutMode::Overwrite).await?;
+            false
+        }
+    };
+    verifier.trust_written(driver, path, digest, size).await?;
+    Ok(consumed)
+}
+
 /// One layout's bookkeeping of blobs. The caller holds the lock plan.
 #[async_trait]
 pub trait BlobLayout: Send + Sync + fmt::Debug {
