@@ -84,7 +84,11 @@ mod fair {
             let mut st = self.state.lock().unwrap();
             let ticket = st.next_ticket;
             st.next_ticket += 1;
-            while !(st.serving == ticket && !st.writer && (!exclusive || st.readers == 0)) {
+            // Granted strictly in ticket order; a reader may share with
+            // readers, a writer needs the lock empty.
+            let may_enter =
+                |st: &State| st.serving == ticket && !st.writer && (!exclusive || st.readers == 0);
+            while !may_enter(&st) {
                 st = self.cond.wait(st).unwrap();
             }
             st.serving += 1;
