@@ -36,9 +36,11 @@ fn repo(s: &str) -> RepoName {
 /// same digest: the sweep's final re-check under the digest lock (striped)
 /// or the blobstore lock (split) must keep the bytes the push relies on.
 fn push_races_sweep(policy: LockPolicy) {
-    static EXPLORED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    // Per model (tests run in parallel): how many interleavings loom ran.
+    let explored = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = explored.clone();
     loom::model(move || {
-        EXPLORED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let s = store(policy);
         let data = Bytes::from_static(b"layer");
         let d = Digest::sha256(&data);
@@ -63,7 +65,7 @@ fn push_races_sweep(policy: LockPolicy) {
         let findings = block_on(s.fsck()).unwrap();
         assert!(findings.iter().all(|f| !f.is_error()), "{findings:?}");
     });
-    let n = EXPLORED.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let n = explored.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("{policy}: {n} interleavings explored");
     assert!(
         n > 1,
