@@ -119,6 +119,10 @@ pub async fn run(
         layout: LayoutKind::Legacy,
         policy,
     };
+    let blobstore = StoreConfig {
+        layout: LayoutKind::Blobstore,
+        policy,
+    };
     let meta_dyn: Arc<dyn MetaStore> = meta.clone();
     let mut summary = MigrationSummary {
         mode: m.mode.clone(),
@@ -131,16 +135,9 @@ pub async fn run(
             .await
             .expect("fresh");
         preload(&old, m, rng).await;
-        let new = Store::open(
-            driver.clone(),
-            meta_dyn,
-            StoreConfig {
-                layout: LayoutKind::Blobstore,
-                policy,
-            },
-        )
-        .await
-        .expect("fresh");
+        let new = Store::open(driver.clone(), meta_dyn, blobstore)
+            .await
+            .expect("fresh");
         match engine::migrate::sync::sync_stores(&old, &new).await {
             Ok(r) if r.equal() && r.problems.is_empty() => summary.bytes_copied = r.bytes_copied,
             Ok(r) => checker.violation(format!(
@@ -202,16 +199,7 @@ pub async fn run(
         )),
     }
     summary.virtual_ms = started.elapsed().as_secs_f64() * 1e3;
-    match Store::open(
-        driver.clone(),
-        meta_dyn,
-        StoreConfig {
-            layout: LayoutKind::Blobstore,
-            policy,
-        },
-    )
-    .await
-    {
+    match Store::open(driver.clone(), meta_dyn, blobstore).await {
         Ok(migrated) => {
             let after = logical(&migrated).await;
             if after != before {

@@ -274,7 +274,6 @@ fn refused(shared: &Shared, e: &engine::StoreError) {
 
 async fn push(
     id: u64,
-
     store: &Store,
     shared: &Shared,
     repo: &RepoName,

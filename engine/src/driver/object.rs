@@ -172,11 +172,14 @@ impl MemoryObjects {
         objects: &'a ObjectMap,
         prefix: Option<&DriverPath>,
     ) -> impl Iterator<Item = (&'a DriverPath, &'a str)> + 'a {
+        use std::ops::Bound;
         let start = prefix.map_or(String::new(), |p| format!("{p}/"));
         let skip = start.len();
+        // Keys below a prefix are contiguous in the ordered map: start there
+        // instead of scanning every object.
         objects
-            .iter()
-            .filter(move |(k, _)| k.as_str().starts_with(&start))
+            .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
+            .take_while(move |(k, _)| k.as_str().starts_with(&start))
             .map(move |(k, _)| (k, &k.as_str()[skip..]))
     }
 }

@@ -119,6 +119,14 @@ impl fmt::Debug for DriverPath {
     }
 }
 
+/// Paths order as their strings do, so ordered maps keyed by `DriverPath`
+/// can be ranged by a `str` prefix.
+impl std::borrow::Borrow<str> for DriverPath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for DriverPath {
     fn as_ref(&self) -> &str {
         &self.0

@@ -114,7 +114,13 @@ impl MetaStore for MemoryMeta {
         let Some(t) = st.tables.get(&table) else {
             return Ok(Vec::new());
         };
-        Ok(t.range(prefix.to_vec()..)
+        // Start at the cursor, not at the prefix: paging through n keys
+        // stays O(n) (the redb store does the same).
+        let start = match after {
+            Some(a) if a > prefix => a,
+            _ => prefix,
+        };
+        Ok(t.range(start.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(k, _)| in_scan(k, prefix, after))
             .take(limit)
