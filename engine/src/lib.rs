@@ -35,3 +35,19 @@ pub use layout::LayoutKind;
 pub use lock::LockPolicy;
 pub use oci::{Reference, RepoName, Tag};
 pub use store::{Store, StoreConfig};
+
+/// The known concurrency bug this build injects, if any (`OCISTORE_MUTATION`
+/// at build time, see engine/build.rs): only the loom suite's mutation
+/// checks build one, and they check this to know the flag took effect.
+#[doc(hidden)]
+pub const INJECTED_MUTATION: Option<&str> = {
+    #[cfg(ocistore_mutation = "inverted_order")]
+    let m = Some("inverted_order");
+    #[cfg(ocistore_mutation = "sweep_without_recheck")]
+    let m = Some("sweep_without_recheck");
+    #[cfg(ocistore_mutation = "split_dedupe")]
+    let m = Some("split_dedupe");
+    #[cfg(not(ocistore_mutation))]
+    let m = None;
+    m
+};

@@ -13,6 +13,18 @@ pub(crate) mod unmodeled {
     pub(crate) use std::sync::Mutex;
 }
 
+/// Locks that guard the lock manager's own tables. These *are* modelled:
+/// two operations meet first in the table that hands out a repository's or
+/// a digest's lock, and a table loom cannot see would hide that meeting
+/// (a lock dropped and re-created between them looks like two unrelated
+/// locks, and loom would explore one interleaving only).
+pub(crate) mod modeled {
+    #[cfg(loom)]
+    pub(crate) use loom::sync::Mutex;
+    #[cfg(not(loom))]
+    pub(crate) use std::sync::Mutex;
+}
+
 #[cfg(not(loom))]
 mod imp {
     pub(crate) use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};

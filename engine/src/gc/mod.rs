@@ -154,6 +154,32 @@ impl Store {
         Ok(report)
     }
 
+    /// One repository's part of a pass: its untagged manifests and
+    /// unreferenced blobs, then its stale uploads. The shared copies it
+    /// leaves unreferenced wait for [`Store::sweep_blobstore`].
+    pub async fn gc_repository(&self, repo: &RepoName, opts: GcOptions) -> StoreResult<GcReport> {
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            repos_scanned: 1,
+            ..GcReport::default()
+        };
+        self.gc_repo(repo, opts, &mut report, &mut HashMap::new())
+            .await?;
+        Ok(report)
+    }
+
+    /// The `_blobstore` part of a pass alone: shared copies no repository
+    /// holds, each re-checked under its sweep plan before it is deleted.
+    pub async fn sweep_blobstore(&self, opts: GcOptions) -> StoreResult<GcReport> {
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..GcReport::default()
+        };
+        self.gc_blobstore(opts, &mut report, &HashMap::new())
+            .await?;
+        Ok(report)
+    }
+
     /// True once `item` has been garbage for `delay` (marking it on first sight).
     async fn aged(
         &self,

@@ -230,7 +230,9 @@ impl BlobLayout for BlobstoreLayout {
     async fn sweep(&self, digest: &Digest) -> StoreResult<Option<u64>> {
         // The final re-check (Quay does the same under its per-digest lock):
         // a push that linked or recorded this digest since the candidate
-        // list was made wins, and nothing is deleted.
+        // list was made wins, and nothing is deleted. MUTATION (b) removes
+        // it, for the loom suite only.
+        #[cfg(not(ocistore_mutation = "sweep_without_recheck"))]
         if self.recorded_holders(digest).await? > 0 {
             return Ok(None);
         }
@@ -246,6 +248,11 @@ impl BlobLayout for BlobstoreLayout {
         self.verifier.forget(&bs);
         self.driver.sync_dir(bs.parent().as_ref()).await?;
         Ok(Some(size))
+    }
+
+    #[cfg(ocistore_mutation = "split_dedupe")]
+    async fn hold_existing(&self, repo: &RepoName, digest: &Digest) -> StoreResult<()> {
+        self.add_holder(repo, digest).await
     }
 
     async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64> {

@@ -231,6 +231,13 @@ pub trait BlobLayout: Send + Sync + fmt::Debug {
     /// which is what makes this final re-check race-free. Legacy: no-op.
     async fn sweep(&self, digest: &Digest) -> StoreResult<Option<u64>>;
 
+    /// MUTATION (c)'s insert without the dedupe check: records `repo` as a
+    /// holder of a `_blobstore` copy found earlier. Blobstore layout only.
+    #[cfg(ocistore_mutation = "split_dedupe")]
+    async fn hold_existing(&self, _repo: &RepoName, _digest: &Digest) -> StoreResult<()> {
+        unimplemented!("mutation (c) targets the blobstore layout")
+    }
+
     /// How many repositories the reference truth says hold `digest`
     /// (link count - 1, reference rows, or dedupe-index entries).
     async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64>;

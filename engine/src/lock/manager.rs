@@ -7,11 +7,10 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::metrics::Recorder;
-use super::{Domain, Intent, LockMetrics, LockPolicy, Mode};
+use super::{Domain, Intent, LockMetrics, LockPlan, LockPolicy, Mode};
 use crate::digest::Digest;
 use crate::oci::names::RepoName;
-use crate::sync::unmodeled::Mutex;
-use crate::sync::{Instant, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+use crate::sync::{Instant, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, modeled};
 
 type Lock = Arc<RwLock<()>>;
 
@@ -19,13 +18,13 @@ type Lock = Arc<RwLock<()>>;
 /// lets go, so the table's size follows live contention, not the number of
 /// repositories or digests ever seen.
 struct LockTable<K> {
-    locks: Mutex<HashMap<K, Lock>>,
+    locks: modeled::Mutex<HashMap<K, Lock>>,
 }
 
 impl<K: Hash + Eq + Clone> LockTable<K> {
     fn new() -> LockTable<K> {
         LockTable {
-            locks: Mutex::new(HashMap::new()),
+            locks: modeled::Mutex::new(HashMap::new()),
         }
     }
 
@@ -135,23 +134,33 @@ impl LockManager {
             repo: None,
             digest: None,
         };
-        if let Some(mode) = plan.global {
-            guard.global = Some(inner.take(Domain::Global, inner.global.clone(), mode).await);
-        }
-        if let Some(mode) = plan.blobstore {
-            guard.blobstore = Some(
-                inner
-                    .take(Domain::Blobstore, inner.blobstore.clone(), mode)
-                    .await,
-            );
-        }
-        if let Some((repo, mode)) = plan.repo {
-            let lock = inner.repos.get(&repo);
-            guard.repo = Some((repo, inner.take(Domain::Repo, lock, mode).await));
-        }
-        if let Some((digest, mode)) = plan.digest {
-            let lock = inner.digests.get(&digest);
-            guard.digest = Some((digest, inner.take(Domain::Digest, lock, mode).await));
+        for domain in acquisition_order(&plan) {
+            match domain {
+                Domain::Global => {
+                    if let Some(mode) = plan.global {
+                        guard.global = Some(inner.take(domain, inner.global.clone(), mode).await);
+                    }
+                }
+                Domain::Blobstore => {
+                    if let Some(mode) = plan.blobstore {
+                        guard.blobstore =
+                            Some(inner.take(domain, inner.blobstore.clone(), mode).await);
+                    }
+                }
+                Domain::Repo => {
+                    if let Some((repo, mode)) = &plan.repo {
+                        let lock = inner.repos.get(repo);
+                        guard.repo = Some((repo.clone(), inner.take(domain, lock, *mode).await));
+                    }
+                }
+                Domain::Digest => {
+                    if let Some((digest, mode)) = &plan.digest {
+                        let lock = inner.digests.get(digest);
+                        guard.digest =
+                            Some((digest.clone(), inner.take(domain, lock, *mode).await));
+                    }
+                }
+            }
         }
         guard
     }
@@ -169,6 +178,27 @@ impl LockManager {
     pub fn table_sizes(&self) -> (usize, usize) {
         (self.inner.repos.len(), self.inner.digests.len())
     }
+}
+
+/// The canonical order, global -> blobstore -> repo -> digest: every plan
+/// takes its locks in this one order, so no two plans can wait on each other
+/// in a cycle.
+#[cfg(not(ocistore_mutation = "inverted_order"))]
+fn acquisition_order(_plan: &LockPlan) -> [Domain; 4] {
+    Domain::ALL
+}
+
+/// MUTATION (a), for the loom suite only (`--cfg ocistore_mutation="inverted_order"`):
+/// plans that change a repository exclusively take their locks in reverse,
+/// so an insert (repo, then digest) and a removal (digest, then repo) can
+/// each hold what the other waits for.
+#[cfg(ocistore_mutation = "inverted_order")]
+fn acquisition_order(plan: &LockPlan) -> [Domain; 4] {
+    let mut order = Domain::ALL;
+    if matches!(plan.repo, Some((_, Mode::Exclusive))) {
+        order.reverse();
+    }
+    order
 }
 
 impl Inner {

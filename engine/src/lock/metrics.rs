@@ -19,6 +19,7 @@ pub enum Domain {
 }
 
 impl Domain {
+    /// Every domain, in the canonical acquisition order (DESIGN §5).
     pub const ALL: [Domain; 4] = [
         Domain::Global,
         Domain::Blobstore,

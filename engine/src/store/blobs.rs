@@ -240,9 +240,29 @@ impl Store {
                 actual,
             });
         }
+        // The dedupe check (does `_blobstore` hold it?) and the insert are
+        // one critical section: a sweep cannot fall between them.
+        #[cfg(ocistore_mutation = "split_dedupe")]
+        if self.mutation_split_dedupe_hit(repo, digest).await? {
+            let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
+            return self.layout().hold_existing(repo, digest).await;
+        }
         let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
         self.ensure_repo(repo).await?;
         self.layout().ingest_bytes(repo, digest, data).await
+    }
+
+    /// MUTATION (c), for the loom suite only: the dedupe check in its own
+    /// critical section, released before the insert.
+    #[cfg(ocistore_mutation = "split_dedupe")]
+    async fn mutation_split_dedupe_hit(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> StoreResult<bool> {
+        let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
+        self.ensure_repo(repo).await?;
+        Ok(self.layout().blobstore_digests().await?.contains(digest))
     }
 
     /// The blob's size, if `repo` holds it (HEAD).
