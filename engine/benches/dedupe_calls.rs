@@ -7,44 +7,24 @@
 //! `cargo bench -p engine --bench dedupe_calls` prints the table and writes
 //! `target/ocistore-bench/dedupe_calls.json` for the report generator.
 
+mod common;
+
 use std::sync::Arc;
 
-use bytes::Bytes;
+use common::{Image, blob};
 use engine::driver::{CallCounts, CallKind, Driver, ObjectDriver};
 use engine::meta::MemoryMeta;
 use engine::oci::media;
-use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
+use engine::{LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
 use serde_json::json;
 
 const LAYERS: u64 = 5;
 
-fn blob(seed: u64, len: usize) -> (Digest, Bytes) {
-    let data = engine::driver::conformance::pattern(seed, len);
-    (Digest::sha256(&data), data)
-}
-
-struct Image {
-    blobs: Vec<(Digest, Bytes)>,
-    manifest: Bytes,
-}
-
 fn image() -> Image {
-    let config = blob(1, 300);
-    let layers: Vec<_> = (0..LAYERS)
+    let layers = (0..LAYERS)
         .map(|i| blob(10 + i, 20_000 + i as usize * 1000))
         .collect();
-    let desc = |mt: &str, (d, b): &(Digest, Bytes)| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
-    let m = json!({
-        "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
-        "config": desc(media::OCI_CONFIG, &config),
-        "layers": layers.iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>(),
-    });
-    let mut blobs = vec![config];
-    blobs.extend(layers);
-    Image {
-        blobs,
-        manifest: serde_json::to_vec(&m).unwrap().into(),
-    }
+    Image::new(blob(1, 300), layers)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -147,14 +127,5 @@ async fn main() {
             ""
         );
     }
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("ocistore-bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("dedupe_calls.json"),
-        serde_json::to_vec_pretty(&rows).unwrap(),
-    )
-    .unwrap();
+    common::write_results("dedupe_calls", &serde_json::Value::Array(rows));
 }

@@ -1,20 +1,28 @@
-//! GC at scale, measured side by side in one run:
+//! GC at scale, for each lock policy:
 //!
-//! 1. a pass over one repository with 1,000 and with 10,000 manifests over
-//!    shared layers (10% untagged, so the pass removes something): the time
-//!    ratio (target: at most 12x for 10x the manifests);
-//! 2. exclusive acquisitions of the blobstore lock during GC under
+//! 1. criterion times dry-run passes (the full mark and sweep without the
+//!    deletes, so each iteration does the same work) over one repository of
+//!    1,000, 3,000 and 10,000 manifests over shared layers;
+//! 2. the first real pass (10% of the manifests untagged, so it removes
+//!    something) on fresh stores, median of three: the 10x ratio
+//!    (target: at most 12x for 10x the manifests under `striped`);
+//! 3. exclusive acquisitions of the blobstore lock during GC under
 //!    `striped` (target: 0);
-//! 3. push latency in other repositories with and without a GC running on
+//! 4. push latency in other repositories with and without a GC running on
 //!    the big one (target: p99 within 1.5x), multi-thread runtime, object
 //!    driver with 100 us injected per call.
 //!
-//! `cargo bench -p engine --bench gc_scaling`
+//! `cargo bench -p engine --bench gc_scaling`; results also go to
+//! `target/ocistore-bench/gc_scaling.json` for the report.
+
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{POLICIES, blob, median, quantile};
+use criterion::{BenchmarkId, Criterion, PlottingBackend, SamplingMode, Throughput};
 use engine::driver::{Driver, DriverPath, Latency, LatencyModel, ObjectDriver, PutMode};
 use engine::gc::GcOptions;
 use engine::lock::{Domain, Mode};
@@ -23,22 +31,27 @@ use engine::oci::{Descriptor, ImageIndex, REF_NAME, media};
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
 use serde_json::json;
 
-fn blob(seed: u64, len: usize) -> (Digest, Bytes) {
-    let b = engine::driver::conformance::pattern(seed, len);
-    (Digest::sha256(&b), b)
+const REPEATS: usize = 3;
+
+fn sizes() -> &'static [usize] {
+    if common::quick() {
+        &[1_000, 3_000]
+    } else {
+        &[1_000, 3_000, 10_000]
+    }
 }
 
 /// A store whose repo `big` holds `n` manifests over 20 shared layers.
 /// Blobs and manifests go in through the store; index.json is written once
 /// (pushing 10,000 tags one by one would rewrite it 10,000 times).
-async fn fixture(n: usize, per_call: Duration) -> Store {
+async fn fixture(n: usize, per_call: Duration, policy: LockPolicy) -> Store {
     let driver: Arc<dyn Driver> = Arc::new(Latency::new(
         ObjectDriver::in_memory(),
         LatencyModel::fixed(per_call),
     ));
     let config = StoreConfig {
         layout: LayoutKind::Blobstore,
-        policy: LockPolicy::Striped,
+        policy,
     };
     let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
         .await
@@ -95,11 +108,6 @@ async fn fixture(n: usize, per_call: Duration) -> Store {
     store
 }
 
-fn p99(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[(v.len() * 99 / 100).min(v.len() - 1)]
-}
-
 /// Pushes small images to repos other than `big`, one after another, for `count` pushes.
 async fn pushes(store: &Store, tag: &str, count: u64) -> Vec<Duration> {
     let mut out = Vec::new();
@@ -128,38 +136,97 @@ async fn pushes(store: &Store, tag: &str, count: u64) -> Vec<Duration> {
     out
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let now = GcOptions {
-        delay: Duration::ZERO,
-        dry_run: false,
-    };
-    println!("GC of one repository (object driver in memory, no injected latency):");
-    let mut times = Vec::new();
-    for n in [1_000usize, 10_000] {
-        let store = fixture(n, Duration::ZERO).await;
-        let started = Instant::now();
-        let report = store.gc(now).await.unwrap();
-        let t = started.elapsed();
-        println!(
-            "  {n:>6} manifests: pass {:>8.1} ms, removed {} manifest rows and {} blob refs, {} blobstore-exclusive acquisitions",
-            t.as_secs_f64() * 1e3,
-            report.count(engine::gc::GcKind::Manifest),
-            report.count(engine::gc::GcKind::Blob),
-            report.blobstore_exclusive_acquisitions
-        );
-        assert_eq!(report.blobstore_exclusive_acquisitions, 0);
-        times.push(t);
+const NOW: GcOptions = GcOptions {
+    delay: Duration::ZERO,
+    dry_run: false,
+};
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut c = Criterion::default()
+        .plotting_backend(PlottingBackend::Plotters)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let mut group = c.benchmark_group("gc-dry-run.object");
+    group.sampling_mode(SamplingMode::Flat);
+    for &n in sizes() {
+        group.throughput(Throughput::Elements(n as u64));
+        for policy in POLICIES {
+            let store = rt.block_on(fixture(n, Duration::ZERO, policy));
+            let dry = GcOptions {
+                dry_run: true,
+                ..NOW
+            };
+            group.bench_with_input(BenchmarkId::new(policy.to_string(), n), &n, |b, _| {
+                b.iter(|| rt.block_on(store.gc(dry)).unwrap())
+            });
+        }
     }
-    let ratio = times[1].as_secs_f64() / times[0].as_secs_f64();
-    println!("  10x the manifests took {ratio:.1}x the time (target <= 12x)\n");
+    group.finish();
+    c.final_summary();
 
     println!(
-        "Pushes to other repositories while GC passes over 10,000 manifests (100 us per call, striped):"
+        "\nfirst GC pass over one repository (object driver in memory), median of {REPEATS} fresh stores:"
+    );
+    let mut passes = Vec::new();
+    let mut striped_ms = Vec::new();
+    for policy in POLICIES {
+        for &n in sizes() {
+            let mut runs = Vec::new();
+            let mut exclusive = 0;
+            let mut removed = 0;
+            for _ in 0..REPEATS {
+                let store = rt.block_on(fixture(n, Duration::ZERO, policy));
+                let started = Instant::now();
+                let report = rt.block_on(store.gc(NOW)).unwrap();
+                runs.push(started.elapsed().as_secs_f64() * 1e3);
+                exclusive = exclusive.max(report.blobstore_exclusive_acquisitions);
+                removed = report.count(engine::gc::GcKind::Manifest);
+                if policy == LockPolicy::Striped {
+                    assert_eq!(report.blobstore_exclusive_acquisitions, 0);
+                }
+            }
+            let pass_ms = median(runs.clone());
+            println!(
+                "  {policy:<8} {n:>6} manifests: {pass_ms:>8.1} ms (runs {runs:.1?}), removed {removed} manifests, \
+                 {exclusive} blobstore-exclusive acquisitions"
+            );
+            if policy == LockPolicy::Striped {
+                striped_ms.push((n, pass_ms));
+            }
+            passes.push(json!({"policy": policy.to_string(), "manifests": n, "pass_ms": pass_ms, "runs_ms": runs,
+                "removed_manifests": removed, "blobstore_exclusive": exclusive}));
+        }
+    }
+    let (first, last) = (striped_ms[0], striped_ms[striped_ms.len() - 1]);
+    let ratio = last.1 / first.1;
+    println!(
+        "  striped: {}x the manifests took {ratio:.1}x the time (target <= {}x)\n",
+        last.0 / first.0,
+        (last.0 / first.0) as f64 * 1.2
+    );
+    let pushes = rt.block_on(pushes_during_gc());
+    common::write_results(
+        "gc_scaling",
+        &json!({"passes": passes, "ratio_10x": ratio, "ratio_of": [first.0, last.0], "pushes": pushes}),
+    );
+}
+
+/// Push p99 in other repositories, alone and beside GC passes over the big one.
+async fn pushes_during_gc() -> serde_json::Value {
+    let n = *sizes().last().unwrap();
+    println!(
+        "pushes to other repositories while GC passes over {n} manifests (100 us per call, striped):"
     );
     let per_call = Duration::from_micros(100);
-    let store = fixture(10_000, per_call).await;
-    let quiet = p99(pushes(&store, "quiet", 300).await);
+    let store = fixture(n, per_call, LockPolicy::Striped).await;
+    let quiet = quantile(pushes(&store, "quiet", 300).await, 0.99);
     let exclusive_before = store.lock_acquisitions(Domain::Blobstore, Mode::Exclusive);
     let gc = {
         let store = store.clone();
@@ -179,16 +246,18 @@ async fn main() {
             passes
         })
     };
-    let busy = p99(pushes(&store, "busy", 300).await);
+    let busy = quantile(pushes(&store, "busy", 300).await, 0.99);
     let passes = gc.await.unwrap();
     let exclusive = store.lock_acquisitions(Domain::Blobstore, Mode::Exclusive) - exclusive_before;
+    let ratio = busy.as_secs_f64() / quiet.as_secs_f64();
     println!(
-        "  push p99 without GC {:.2} ms, with GC running {:.2} ms: {:.2}x (target <= 1.5x)",
+        "  push p99 without GC {:.2} ms, with GC running {:.2} ms: {ratio:.2}x (target <= 1.5x)",
         quiet.as_secs_f64() * 1e3,
         busy.as_secs_f64() * 1e3,
-        busy.as_secs_f64() / quiet.as_secs_f64()
     );
     println!(
         "  {passes} GC passes during the pushes; blobstore-exclusive acquisitions: {exclusive} (target 0)"
     );
+    json!({"quiet_p99_ms": quiet.as_secs_f64() * 1e3, "busy_p99_ms": busy.as_secs_f64() * 1e3, "ratio": ratio,
+        "gc_passes": passes, "blobstore_exclusive": exclusive})
 }

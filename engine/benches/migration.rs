@@ -6,13 +6,22 @@
 //! - object store (markers): bytes copied must equal the unique content
 //!   bytes exactly (each digest copied once).
 //!
-//! `cargo bench -p engine --bench migration`
+//! criterion first times migrations of 16, 64 and 256 repositories (a fresh
+//! legacy store per iteration, built outside the timing), then one run of
+//! 1,000 repositories checks the byte counts and fsck.
+//!
+//! `cargo bench -p engine --bench migration`; results also go to
+//! `target/ocistore-bench/migration.json` for the report.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::blob;
+use criterion::{BatchSize, BenchmarkId, Criterion, PlottingBackend, Throughput};
 use engine::driver::{Driver, ObjectDriver, SimDisk, SimDriver};
 use engine::meta::{MemoryMeta, MetaStore};
 use engine::migrate::migrate_in_place;
@@ -25,12 +34,9 @@ const IMAGES_PER_REPO: u64 = 2;
 /// config + 3 layers + the manifest = 5 memberships per image: 10,000 in all.
 const SHARED: u64 = 300;
 
-fn blob(seed: u64, len: usize) -> (Digest, Bytes) {
-    let b = engine::driver::conformance::pattern(seed, len);
-    (Digest::sha256(&b), b)
-}
-
-async fn legacy(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>) -> (u64, u64) {
+/// Fills a legacy store with `repos` repositories; returns the blob
+/// memberships pushed and the unique content bytes.
+async fn legacy(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>, repos: u64) -> (u64, u64) {
     let store = Store::open(
         driver,
         meta,
@@ -43,7 +49,7 @@ async fn legacy(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>) -> (u64, u64)
     .unwrap();
     let mut unique: BTreeMap<Digest, u64> = BTreeMap::new();
     let mut memberships = 0;
-    for r in 0..REPOS {
+    for r in 0..repos {
         let repo = RepoName::parse(&format!("team{}/app{r}", r % 20)).unwrap();
         for i in 0..IMAGES_PER_REPO {
             let n = r * IMAGES_PER_REPO + i;
@@ -78,70 +84,130 @@ async fn legacy(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>) -> (u64, u64)
     (memberships, unique.values().sum())
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    println!(
-        "in-place migration of {REPOS} repositories, {} images, heavy sharing\n",
-        REPOS * IMAGES_PER_REPO
-    );
-    for (label, driver) in [
-        (
-            "local (hard links)",
-            Arc::new(SimDriver::on(SimDisk::new())) as Arc<dyn Driver>,
-        ),
-        (
-            "object (markers)",
-            Arc::new(ObjectDriver::in_memory()) as Arc<dyn Driver>,
-        ),
-    ] {
-        let meta: Arc<dyn MetaStore> = Arc::new(MemoryMeta::new());
-        let (memberships, unique_bytes) = legacy(driver.clone(), meta.clone()).await;
-        let started = Instant::now();
-        let report = migrate_in_place(driver.clone(), meta.clone(), &|_, _| {})
-            .await
-            .unwrap();
-        let secs = started.elapsed().as_secs_f64();
-        let processed =
-            report.blobs_relinked + report.legacy_objects_removed + report.markers_removed;
-        println!("{label}:");
-        println!(
-            "  {processed} repository blobs ({memberships} pushed, some twice in one image) in {secs:.2} s: {:.0} blobs/s",
-            processed as f64 / secs
-        );
-        println!(
-            "  relinked {}, copied {} digests = {} bytes (unique content {} bytes), markers removed {}",
-            report.blobs_relinked,
-            report.blobs_copied,
-            report.bytes_copied,
-            unique_bytes,
-            report.markers_removed
-        );
-        if label.starts_with("local") {
-            assert_eq!(report.bytes_copied, 0, "a local migration copied bytes");
-        } else {
-            assert_eq!(
-                report.bytes_copied, unique_bytes,
-                "object migration must copy each digest exactly once"
-            );
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    /// The sim disk's in-memory filesystem: hard links, as on a local disk.
+    Local,
+    /// An object store: markers, so digests are copied into `_blobstore`.
+    Object,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Object => "object",
         }
-        let store = Store::open(
-            driver,
-            meta,
-            StoreConfig {
-                layout: LayoutKind::Blobstore,
-                policy: LockPolicy::Striped,
-            },
-        )
+    }
+
+    fn driver(self) -> Arc<dyn Driver> {
+        match self {
+            Backend::Local => Arc::new(SimDriver::on(SimDisk::new())),
+            Backend::Object => Arc::new(ObjectDriver::in_memory()),
+        }
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut c = Criterion::default()
+        .plotting_backend(PlottingBackend::Plotters)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let counts: &[u64] = if common::quick() {
+        &[16]
+    } else {
+        &[16, 64, 256]
+    };
+    for backend in [Backend::Local, Backend::Object] {
+        let mut group = c.benchmark_group(format!("migration.{}", backend.name()));
+        for &repos in counts {
+            group.throughput(Throughput::Elements(repos * IMAGES_PER_REPO * 5));
+            group.bench_with_input(BenchmarkId::new("in-place", repos), &repos, |b, &repos| {
+                b.iter_batched(
+                    || {
+                        let (driver, meta) = (
+                            backend.driver(),
+                            Arc::new(MemoryMeta::new()) as Arc<dyn MetaStore>,
+                        );
+                        rt.block_on(legacy(driver.clone(), meta.clone(), repos));
+                        (driver, meta)
+                    },
+                    |(driver, meta)| {
+                        rt.block_on(migrate_in_place(driver, meta, &|_, _| {}))
+                            .unwrap()
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        group.finish();
+    }
+    c.final_summary();
+    let runs: Vec<_> = [Backend::Local, Backend::Object]
+        .into_iter()
+        .map(|b| rt.block_on(at_scale(b)))
+        .collect();
+    common::write_results("migration", &json!({ "runs": runs }));
+}
+
+/// One migration of [`REPOS`] repositories, with its byte counts checked.
+async fn at_scale(backend: Backend) -> serde_json::Value {
+    let (label, driver) = (backend.name(), backend.driver());
+    let meta: Arc<dyn MetaStore> = Arc::new(MemoryMeta::new());
+    let (memberships, unique_bytes) = legacy(driver.clone(), meta.clone(), REPOS).await;
+    let started = Instant::now();
+    let report = migrate_in_place(driver.clone(), meta.clone(), &|_, _| {})
         .await
         .unwrap();
-        let errors = store
-            .fsck()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|f| f.is_error())
-            .count();
-        println!("  fsck after: {errors} error(s)\n");
-        assert_eq!(errors, 0);
+    let secs = started.elapsed().as_secs_f64();
+    let processed = report.blobs_relinked + report.legacy_objects_removed + report.markers_removed;
+    println!("{label}:");
+    println!(
+        "  {processed} repository blobs ({memberships} pushed, some twice in one image) in {secs:.2} s: {:.0} blobs/s",
+        processed as f64 / secs
+    );
+    println!(
+        "  relinked {}, copied {} digests = {} bytes (unique content {} bytes), markers removed {}",
+        report.blobs_relinked,
+        report.blobs_copied,
+        report.bytes_copied,
+        unique_bytes,
+        report.markers_removed
+    );
+    if matches!(backend, Backend::Local) {
+        assert_eq!(report.bytes_copied, 0, "a local migration copied bytes");
+    } else {
+        assert_eq!(
+            report.bytes_copied, unique_bytes,
+            "object migration must copy each digest exactly once"
+        );
     }
+    let store = Store::open(
+        driver,
+        meta,
+        StoreConfig {
+            layout: LayoutKind::Blobstore,
+            policy: LockPolicy::Striped,
+        },
+    )
+    .await
+    .unwrap();
+    let errors = store
+        .fsck()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.is_error())
+        .count();
+    println!("  fsck after: {errors} error(s)\n");
+    assert_eq!(errors, 0);
+    json!({"backend": label, "repos": REPOS, "memberships": memberships, "blobs": processed, "secs": secs,
+            "blobs_per_sec": processed as f64 / secs, "bytes_copied": report.bytes_copied,
+            "unique_bytes": unique_bytes, "digests_copied": report.blobs_copied})
 }

@@ -7,6 +7,8 @@
 //! driver's throughput to the slower baseline (target >= 0.8) and the peak
 //! extra heap of one streamed upload (target <= 16 MiB, size-independent).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,7 +54,7 @@ fn blob_mib() -> usize {
     std::env::var("OCISTORE_UPLOAD_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
+        .unwrap_or(if common::quick() { 64 } else { 1024 })
 }
 
 fn source_chunk() -> Bytes {
@@ -173,9 +175,13 @@ fn report(mib: usize, peak_extra: usize) {
     println!("  fs driver, sha256+fsync {:8.0} MiB/s", mibps(driver));
     let ratio = hash.max(write) / driver;
     println!("  ratio to the slower baseline: {ratio:.2} (target >= 0.80)");
-    println!(
-        "  peak extra heap during one upload: {:.1} MiB (target <= 16 MiB)",
-        peak_extra as f64 / (1 << 20) as f64
+    let peak_mib = peak_extra as f64 / (1 << 20) as f64;
+    println!("  peak extra heap during one upload: {peak_mib:.1} MiB (target <= 16 MiB)");
+    common::write_results(
+        "upload",
+        &serde_json::json!({"mib": mib, "chunk_kib": CHUNK / 1024, "sha256_mibps": mibps(hash),
+            "write_fsync_mibps": mibps(write), "driver_mibps": mibps(driver), "ratio": ratio,
+            "peak_heap_mib": peak_mib}),
     );
 }
 

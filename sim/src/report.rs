@@ -13,6 +13,8 @@ use engine::{LayoutKind, LockPolicy};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use report::charts;
+
 use crate::migration::MigrationSummary;
 use crate::scenario::Scenario;
 use crate::workload::{CLASSES, Shared};
@@ -229,52 +231,6 @@ pub fn table(results: &[RunResult]) -> String {
     out
 }
 
-fn bars(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
-    use plotters::prelude::*;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (640, 280)).into_drawing_area();
-        let _ = root.fill(&WHITE);
-        let max = rows
-            .iter()
-            .map(|(_, v)| *v)
-            .fold(0.0f64, f64::max)
-            .max(1e-9)
-            * 1.15;
-        let n = rows.len().max(1);
-        let chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..n as f64, 0f64..max);
-        if let Ok(mut chart) = chart {
-            let labels: Vec<String> = rows.iter().map(|(l, _)| l.clone()).collect();
-            let _ = chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(n)
-                .x_label_formatter(&|x| labels.get(x.floor() as usize).cloned().unwrap_or_default())
-                .y_desc(unit)
-                .draw();
-            let palette = [
-                RGBColor(70, 110, 200),
-                RGBColor(220, 120, 40),
-                RGBColor(60, 160, 90),
-                RGBColor(150, 80, 170),
-            ];
-            let _ = chart.draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
-                Rectangle::new(
-                    [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, *v)],
-                    palette[i % palette.len()].filled(),
-                )
-            }));
-        }
-        let _ = root.present();
-    }
-    svg
-}
-
 /// A self-contained HTML page: table, charts, violations.
 pub fn html(scenario: &Scenario, results: &[RunResult], command: &str) -> String {
     let esc = |s: &str| {
@@ -290,7 +246,7 @@ pub fn html(scenario: &Scenario, results: &[RunResult], command: &str) -> String
         desc = esc(&scenario.description),
         cmd = esc(command)
     );
-    page.push_str(&bars(
+    page.push_str(&charts::bars(
         "Throughput",
         "ops / virtual s",
         &results
@@ -304,7 +260,11 @@ pub fn html(scenario: &Scenario, results: &[RunResult], command: &str) -> String
             .filter_map(|r| r.latency.get(class).map(|l| (r.label(), l.p99_ms)))
             .collect();
         if !rows.is_empty() {
-            page.push_str(&bars(&format!("{class}: p99 latency"), "virtual ms", &rows));
+            page.push_str(&charts::bars(
+                &format!("{class}: p99 latency"),
+                "virtual ms",
+                &rows,
+            ));
         }
     }
     let holds: Vec<(String, f64)> = results
@@ -319,7 +279,7 @@ pub fn html(scenario: &Scenario, results: &[RunResult], command: &str) -> String
             )
         })
         .collect();
-    page.push_str(&bars(
+    page.push_str(&charts::bars(
         "Wait p99 on the widest lock (global or blobstore)",
         "virtual ms",
         &holds,
