@@ -214,7 +214,7 @@ fn main() {
     let pushes = rt.block_on(pushes_during_gc());
     common::write_results(
         "gc_scaling",
-        &json!({"passes": passes, "ratio_10x": ratio, "ratio_of": [first.0, last.0], "pushes": pushes}),
+        &json!({"passes": passes, "ratio": ratio, "ratio_of": [first.0, last.0], "pushes": pushes}),
     );
 }
 

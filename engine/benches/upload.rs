@@ -116,7 +116,7 @@ fn main() {
         .plotting_backend(PlottingBackend::Plotters)
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(15))
+        .measurement_time(Duration::from_secs(if common::quick() { 3 } else { 15 }))
         .configure_from_args();
     let mut group = c.benchmark_group("upload");
     group.throughput(Throughput::Bytes((mib * CHUNK) as u64));
