@@ -10,7 +10,7 @@
 //! and hold per domain, and driver calls per operation. Those go to
 //! `target/ocistore-bench/contention.json` for the report.
 //!
-//! `cargo bench -p engine --bench contention` (about 15 minutes);
+//! `cargo bench -p engine --bench contention` (about 25 minutes);
 //! `OCISTORE_BENCH_QUICK=1` runs one repo count, the remote model only.
 
 mod common;

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -80,6 +80,9 @@ pub struct Shared {
     pub clients: Vec<Mutex<(Rng, u64)>>,
     pub finished: AtomicU64,
     pool_seed: u64,
+    /// The shared layers, built on first use: every push and HEAD of a pool
+    /// layer would otherwise regenerate and re-hash its bytes.
+    pool: Vec<OnceLock<(Digest, Bytes)>>,
 }
 
 impl Shared {
@@ -87,6 +90,7 @@ impl Shared {
         let clients = (0..workload.clients)
             .map(|c| Mutex::new((rng.fork(100 + c), 0)))
             .collect();
+        let pool = (0..workload.shared_layers).map(|_| OnceLock::new()).collect();
         Shared {
             workload,
             checker: Checker::default(),
@@ -95,6 +99,7 @@ impl Shared {
             clients,
             finished: AtomicU64::new(0),
             pool_seed: rng.fork(7).next(),
+            pool,
         }
     }
 }
@@ -131,9 +136,15 @@ fn content(seed: u64, len: usize) -> (Digest, Bytes) {
 
 impl Shared {
     fn pool_layer(&self, i: u64) -> (Digest, Bytes) {
-        let mut rng = Rng::new(self.pool_seed).fork(i);
-        let len = layer_size(&mut rng, &self.workload.layer_bytes);
-        content(self.pool_seed ^ (i + 1).wrapping_mul(0x9e37_79b9), len)
+        let build = || {
+            let mut rng = Rng::new(self.pool_seed).fork(i);
+            let len = layer_size(&mut rng, &self.workload.layer_bytes);
+            content(self.pool_seed ^ (i + 1).wrapping_mul(0x9e37_79b9), len)
+        };
+        match self.pool.get(i as usize) {
+            Some(cell) => cell.get_or_init(build).clone(),
+            None => build(),
+        }
     }
 
     fn image(&self, rng: &mut Rng) -> (Vec<(Digest, Bytes)>, Bytes) {
