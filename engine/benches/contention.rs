@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Image, POLICIES, blob};
-use criterion::{BenchmarkId, Criterion, PlottingBackend, SamplingMode, Throughput};
+use criterion::{BenchmarkId, SamplingMode, Throughput};
 use engine::lock::{Domain, Mode};
 use engine::{LayoutKind, LockPolicy, RepoName, Store};
 use hdrhistogram::Histogram;
@@ -355,12 +355,10 @@ fn backends() -> Vec<Backend> {
 
 fn main() {
     let rt = Runtime::new().unwrap();
-    let mut c = Criterion::default()
-        .plotting_backend(PlottingBackend::Plotters)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(if common::quick() { 1 } else { 3 }))
-        .configure_from_args();
+    let mut c = common::criterion(
+        Duration::from_millis(300),
+        Duration::from_secs(if common::quick() { 1 } else { 3 }),
+    );
     let mut profiles = Vec::new();
     for backend in backends() {
         for case in Case::ALL {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{POLICIES, blob, median, quantile};
-use criterion::{BenchmarkId, Criterion, PlottingBackend, SamplingMode, Throughput};
+use criterion::{BenchmarkId, SamplingMode, Throughput};
 use engine::driver::{Driver, DriverPath, Latency, LatencyModel, ObjectDriver, PutMode};
 use engine::gc::GcOptions;
 use engine::lock::{Domain, Mode};
@@ -147,12 +147,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut c = Criterion::default()
-        .plotting_backend(PlottingBackend::Plotters)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2))
-        .configure_from_args();
+    let mut c = common::criterion(Duration::from_millis(300), Duration::from_secs(2));
     let mut group = c.benchmark_group("gc-dry-run.object");
     group.sampling_mode(SamplingMode::Flat);
     for &n in sizes() {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::blob;
-use criterion::{BatchSize, BenchmarkId, Criterion, PlottingBackend, Throughput};
+use criterion::{BatchSize, BenchmarkId, Throughput};
 use engine::driver::{Driver, ObjectDriver, SimDisk, SimDriver};
 use engine::meta::{MemoryMeta, MetaStore};
 use engine::migrate::migrate_in_place;
@@ -113,12 +113,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut c = Criterion::default()
-        .plotting_backend(PlottingBackend::Plotters)
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2))
-        .configure_from_args();
+    let mut c = common::criterion(Duration::from_millis(300), Duration::from_secs(2));
     let counts: &[u64] = if common::quick() {
         &[16]
     } else {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{Criterion, PlottingBackend, Throughput};
+use criterion::Throughput;
 use engine::driver::{Driver, DriverPath, FsDriver, PutMode};
 use engine::{Algorithm, Digest, DigestHasher};
 
@@ -112,12 +112,10 @@ fn main() {
         .build()
         .unwrap();
 
-    let mut c = Criterion::default()
-        .plotting_backend(PlottingBackend::Plotters)
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(if common::quick() { 3 } else { 15 }))
-        .configure_from_args();
+    let mut c = common::criterion(
+        Duration::from_secs(1),
+        Duration::from_secs(if common::quick() { 3 } else { 15 }),
+    );
     let mut group = c.benchmark_group("upload");
     group.throughput(Throughput::Bytes((mib * CHUNK) as u64));
     group.bench_function("sha256_only", |b| {

@@ -18,7 +18,10 @@ fn load() -> Inputs {
 
 /// A criterion mean read straight from the fixture, not through the crate.
 fn mean_ns(bench: &str) -> f64 {
-    let path = fixture().join("criterion").join(bench).join("new/estimates.json");
+    let path = fixture()
+        .join("criterion")
+        .join(bench)
+        .join("new/estimates.json");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     v["mean"]["point_estimate"].as_f64().unwrap()
 }
@@ -48,7 +51,10 @@ fn target_ratio_is_the_two_measured_means() {
     let expected = mean_ns("different-repos.object-1000us/global/16")
         / mean_ns("different-repos.object-1000us/striped/16");
     let got = page::target_ratio(&inputs).unwrap();
-    assert!((got - expected).abs() < 1e-9 * expected, "{got} vs {expected}");
+    assert!(
+        (got - expected).abs() < 1e-9 * expected,
+        "{got} vs {expected}"
+    );
 }
 
 #[test]
@@ -74,19 +80,32 @@ fn page_has_every_section_its_provenance_and_no_gaps() {
     }
     assert!(!html.contains("Not measured"), "a section had no data");
     assert!(!html.contains("Unreadable inputs"));
-    assert!(html.contains("test &lt;machine&gt;"), "provenance not escaped");
+    assert!(
+        html.contains("test &lt;machine&gt;"),
+        "provenance not escaped"
+    );
     assert!(html.contains("abc123") && html.contains("scripts/bench-report --quick"));
     // Seven throughput charts, two latency, two lock, two calls, GC pass and
     // dry run, migration, upload.
-    assert!(html.matches("<svg").count() >= 17, "{} charts", html.matches("<svg").count());
+    assert!(
+        html.matches("<svg").count() >= 17,
+        "{} charts",
+        html.matches("<svg").count()
+    );
     let ratio = page::target_ratio(&load()).unwrap();
-    assert!(html.contains(&format!("<b>{ratio:.1}×</b>")) || html.contains(&format!("<b>{ratio:.2}×</b>")));
+    assert!(
+        html.contains(&format!("<b>{ratio:.1}×</b>"))
+            || html.contains(&format!("<b>{ratio:.2}×</b>"))
+    );
 }
 
 #[test]
 fn a_missing_run_says_what_to_run() {
     let empty = tempfile::tempdir().unwrap();
-    let inputs = Inputs::load(&empty.path().join("criterion"), &empty.path().join("results"));
+    let inputs = Inputs::load(
+        &empty.path().join("criterion"),
+        &empty.path().join("results"),
+    );
     let provenance = Provenance {
         machine: String::new(),
         commit: String::new(),
@@ -113,7 +132,15 @@ fn the_binary_writes_the_page() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(stdout.contains("target: striped/global"), "{stdout}");
-    assert!(std::fs::read_to_string(&page).unwrap().starts_with("<!doctype html>"));
+    assert!(
+        std::fs::read_to_string(&page)
+            .unwrap()
+            .starts_with("<!doctype html>")
+    );
 }

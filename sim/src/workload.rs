@@ -90,7 +90,9 @@ impl Shared {
         let clients = (0..workload.clients)
             .map(|c| Mutex::new((rng.fork(100 + c), 0)))
             .collect();
-        let pool = (0..workload.shared_layers).map(|_| OnceLock::new()).collect();
+        let pool = (0..workload.shared_layers)
+            .map(|_| OnceLock::new())
+            .collect();
         Shared {
             workload,
             checker: Checker::default(),

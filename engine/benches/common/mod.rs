@@ -24,6 +24,18 @@ pub fn quick() -> bool {
     std::env::var_os("OCISTORE_BENCH_QUICK").is_some_and(|v| v != "0")
 }
 
+/// criterion as every bench here uses it: the plotters backend set
+/// explicitly (criterion picks gnuplot when installed), ten samples, and
+/// command-line filters honoured.
+pub fn criterion(warm_up: Duration, measurement: Duration) -> criterion::Criterion {
+    criterion::Criterion::default()
+        .plotting_backend(criterion::PlottingBackend::Plotters)
+        .sample_size(10)
+        .warm_up_time(warm_up)
+        .measurement_time(measurement)
+        .configure_from_args()
+}
+
 /// A blob whose bytes are a function of `seed`.
 pub fn blob(seed: u64, len: usize) -> (Digest, Bytes) {
     let b = engine::driver::conformance::pattern(seed, len);
