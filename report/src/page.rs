@@ -124,8 +124,9 @@ pub fn render(inputs: &Inputs, p: &Provenance) -> String {
          <p>Machine: {}<br>Commit: <code>{}</code><br>Date: {}<br>Regenerate: <code>{}</code></p>\
          <p>Benches run on tokio's multi-thread runtime against two backends: <code>object-1000us</code> is the object \
          driver in memory with 1&nbsp;ms injected per call (a remote store), <code>fs</code> is the fs driver on a temporary \
-         directory with redb metadata (real fsyncs). A round is 16 concurrent clients doing two operations each. \
-         Ratios compare points measured in the same run. The deterministic simulator's figures (virtual time) are at the end.</p>",
+         directory with redb metadata (real fsyncs). A round is 16 concurrent clients doing two operations each; it ends when its slowest client \
+         finishes, so in cases that mix pushes with pulls the pushing clients bound the round (the latency charts \
+         show each class apart). Ratios compare points measured in the same run. The deterministic simulator's figures (virtual time) are at the end.</p>",
         esc(&p.machine),
         esc(&p.commit),
         esc(&p.date),
