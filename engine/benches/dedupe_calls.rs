@@ -5,7 +5,8 @@
 //! the figures are exact and machine-independent.
 //!
 //! `cargo bench -p engine --bench dedupe_calls` prints the table and writes
-//! `target/ocistore-bench/dedupe_calls.json` for the report generator.
+//! `target/ocistore-bench/dedupe_calls.json` for the report generator, then
+//! criterion times the same push with 1 ms per call, per lock policy.
 
 mod common;
 
@@ -92,8 +93,55 @@ async fn measure(layout: LayoutKind, flow: Flow) -> (CallCounts, usize) {
     (calls, markers(&store).await)
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+/// criterion: the time of the same push on a remote model (1 ms per call),
+/// each iteration into a fresh repository, per layout, flow and policy.
+fn timed(rt: &tokio::runtime::Runtime) {
+    let mut c = common::criterion(
+        std::time::Duration::from_millis(300),
+        std::time::Duration::from_secs(if common::quick() { 1 } else { 2 }),
+    );
+    let backend = common::Backend::Object {
+        per_call: std::time::Duration::from_millis(1),
+    };
+    let img = image();
+    for flow in [Flow::Monolithic, Flow::Chunked] {
+        let name = format!("{flow:?}").to_lowercase();
+        let mut group = c.benchmark_group(format!("dedupe-push-{name}.{}", backend.label()));
+        group.sampling_mode(criterion::SamplingMode::Flat);
+        for layout in [LayoutKind::Legacy, LayoutKind::Blobstore] {
+            for policy in common::POLICIES {
+                let (store, _dir) = rt.block_on(backend.open(layout, policy));
+                let base = RepoName::parse("library/base").unwrap();
+                rt.block_on(push(&store, &base, &img, flow));
+                let mut n = 0u64;
+                group.bench_function(
+                    criterion::BenchmarkId::new(policy.to_string(), layout),
+                    |b| {
+                        b.iter(|| {
+                            n += 1;
+                            let repo = RepoName::parse(&format!("team/app{n}")).unwrap();
+                            rt.block_on(push(&store, &repo, &img, flow));
+                        })
+                    },
+                );
+            }
+        }
+        group.finish();
+    }
+    c.final_summary();
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(counted());
+    timed(&rt);
+}
+
+/// The exact counts, printed and written for the report.
+async fn counted() {
     println!(
         "backend calls to push a {LAYERS}-layer image already stored in another repository (object driver)\n"
     );

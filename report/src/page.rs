@@ -423,6 +423,33 @@ fn calls_section(page: &mut String, inputs: &Inputs) {
             "cargo bench -p engine --bench dedupe_calls",
         )),
     }
+    let flows = ["monolithic", "chunked"];
+    let timed: Vec<(String, Vec<f64>)> = ["legacy", "blobstore"]
+        .iter()
+        .map(|layout| {
+            let ms = flows
+                .iter()
+                .map(|flow| {
+                    inputs
+                        .estimate(
+                            &format!("dedupe-push-{flow}.{TARGET_BACKEND}"),
+                            "striped",
+                            Some(layout),
+                        )
+                        .map_or(f64::NAN, |e| e.mean_ns / 1e6)
+                })
+                .collect();
+            (layout.to_string(), ms)
+        })
+        .collect();
+    if timed.iter().any(|(_, v)| v.iter().any(|x| x.is_finite())) {
+        page.push_str(&charts::grouped(
+            "the same push timed (criterion, striped, 1 ms per call)",
+            "ms per push",
+            &flows.map(String::from),
+            &timed,
+        ));
+    }
     let per_case: Vec<(String, f64)> = CASES
         .iter()
         .filter_map(|(case, _)| {
