@@ -523,7 +523,10 @@ fn run_mutated(mutation: &str) -> BTreeMap<String, String> {
         child
             .args(["--exact", &test, "--nocapture", "--test-threads=1"])
             .env("OCISTORE_LOOM_CHILD", "1")
-            .env("OCISTORE_MUTATION", mutation);
+            .env("OCISTORE_MUTATION", mutation)
+            // Bound 2 finds all three; a longer run's bound would only
+            // lengthen the models the mutation does not touch.
+            .env("LOOM_MAX_PREEMPTIONS", "2");
         let out = child.output().unwrap();
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout).into_owned()
