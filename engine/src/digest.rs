@@ -6,6 +6,7 @@
 //! two equal digests are always byte-equal strings and can name files.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
 use sha2::Digest as _;
@@ -25,6 +26,14 @@ impl Algorithm {
         match self {
             Algorithm::Sha256 => "sha256",
             Algorithm::Sha512 => "sha512",
+        }
+    }
+
+    /// `<name>:`, how a digest string starts.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256:",
+            Algorithm::Sha512 => "sha512:",
         }
     }
 
@@ -66,12 +75,21 @@ pub enum DigestError {
 }
 
 /// A validated, canonical content digest such as `sha256:e3b0c4…`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// The hex is held inline, not on the heap: GC, fsck and migration build
+/// sets and maps of tens of thousands of digests, and an inline digest is
+/// parsed without an allocation, cloned by a copy, and compared without
+/// chasing a pointer.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Digest {
     alg: Algorithm,
-    /// Lower-case hex, exactly `alg.hex_len()` characters.
-    hex: Box<str>,
+    /// Lower-case ASCII hex in the first `alg.hex_len()` bytes, zeros after
+    /// (so the derived equality and order are those of the strings).
+    hex: [u8; MAX_HEX],
 }
+
+/// Hex length of the longest supported algorithm (sha512).
+const MAX_HEX: usize = 128;
 
 impl Digest {
     /// Longest digest string accepted; anything longer is refused before any scan.
@@ -98,13 +116,20 @@ impl Digest {
                 got: hex.len(),
             });
         }
-        if let Some(bad) = hex.chars().find(|c| !matches!(c, '0'..='9' | 'a'..='f')) {
+        let canonical = |c: char| matches!(c, '0'..='9' | 'a'..='f');
+        // Bytes first: a non-ASCII byte fails here and is then named as a char.
+        if !hex.bytes().all(|b| canonical(char::from(b))) {
+            let bad = hex.chars().find(|&c| !canonical(c)).unwrap_or('?');
             return Err(DigestError::BadHex(bad));
         }
-        Ok(Digest {
-            alg,
-            hex: hex.into(),
-        })
+        Ok(Digest::from_canonical(alg, hex.as_bytes()))
+    }
+
+    /// `hex` is already known canonical and of `alg`'s length.
+    fn from_canonical(alg: Algorithm, hex: &[u8]) -> Digest {
+        let mut inline = [0; MAX_HEX];
+        inline[..hex.len()].copy_from_slice(hex);
+        Digest { alg, hex: inline }
     }
 
     /// The digest of `bytes` in one call (manifests, small bodies).
@@ -123,7 +148,7 @@ impl Digest {
     }
 
     pub fn hex(&self) -> &str {
-        &self.hex
+        std::str::from_utf8(&self.hex[..self.alg.hex_len()]).expect("validated ASCII hex")
     }
 }
 
@@ -134,13 +159,21 @@ fn truncated(s: &str) -> String {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.alg, self.hex)
+        write!(f, "{}:{}", self.alg, self.hex())
     }
 }
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Digest({self})")
+    }
+}
+
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // The used bytes only: hashing the padding would double the work.
+        self.alg.hash(state);
+        self.hex().hash(state);
     }
 }
 
@@ -200,13 +233,9 @@ impl DigestHasher {
 
     pub fn finish(self) -> Digest {
         let alg = self.algorithm();
-        let hex = match self.state {
-            HasherState::Sha256(h) => to_hex(&h.finalize()),
-            HasherState::Sha512(h) => to_hex(&h.finalize()),
-        };
-        Digest {
-            alg,
-            hex: hex.into(),
+        match self.state {
+            HasherState::Sha256(h) => Digest::from_raw(alg, &h.finalize()),
+            HasherState::Sha512(h) => Digest::from_raw(alg, &h.finalize()),
         }
     }
 }
@@ -220,14 +249,17 @@ impl fmt::Debug for DigestHasher {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 0xf)] as char);
+impl Digest {
+    /// Encodes a hash function's output.
+    fn from_raw(alg: Algorithm, raw: &[u8]) -> Digest {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0; MAX_HEX];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(raw) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
+        }
+        Digest { alg, hex }
     }
-    s
 }
 
 #[cfg(test)]
@@ -248,6 +280,32 @@ mod tests {
         let d = Digest::of(Algorithm::Sha512, b"abc");
         assert!(d.hex().starts_with("ddaf35a193617aba"));
         assert_eq!(Digest::parse(&d.to_string()).unwrap(), d);
+    }
+
+    #[test]
+    fn equality_order_and_hash_are_those_of_the_string() {
+        use std::collections::hash_map::RandomState;
+        use std::hash::BuildHasher;
+        let mut digests: Vec<Digest> = (0..200u32)
+            .flat_map(|i| Algorithm::ALL.map(|a| Digest::of(a, &i.to_le_bytes())))
+            .collect();
+        let mut strings: Vec<String> = digests.iter().map(ToString::to_string).collect();
+        digests.sort();
+        strings.sort();
+        let sorted: Vec<String> = digests.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            sorted, strings,
+            "Ord must be the order of the digest strings"
+        );
+        let state = RandomState::new();
+        for d in &digests {
+            let again = Digest::parse(&d.to_string()).unwrap();
+            assert_eq!(&again, d);
+            assert_eq!(state.hash_one(&again), state.hash_one(d));
+            assert_eq!(again.hex().len(), d.algorithm().hex_len());
+        }
+        digests.dedup();
+        assert_eq!(digests.len(), 400, "distinct inputs give distinct digests");
     }
 
     #[test]

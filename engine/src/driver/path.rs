@@ -36,6 +36,18 @@ pub struct DriverPath(Box<str>);
 impl DriverPath {
     pub fn new(path: impl AsRef<str>) -> Result<DriverPath, PathError> {
         let path = path.as_ref();
+        DriverPath::check(path)?;
+        Ok(DriverPath(path.into()))
+    }
+
+    /// [`DriverPath::new`] for a path already in a `String`: no copy when
+    /// it has no spare capacity.
+    pub fn from_string(path: String) -> Result<DriverPath, PathError> {
+        DriverPath::check(&path)?;
+        Ok(DriverPath(path.into_boxed_str()))
+    }
+
+    fn check(path: &str) -> Result<(), PathError> {
         let fail = |reason| {
             Err(PathError {
                 path: path.chars().take(120).collect(),
@@ -68,7 +80,7 @@ impl DriverPath {
                 return fail("names starting with .ocistore are reserved for the driver");
             }
         }
-        Ok(DriverPath(path.into()))
+        Ok(())
     }
 
     /// `self/child`, validated.

@@ -30,6 +30,7 @@
 mod reach;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -107,6 +108,9 @@ impl GcReport {
         });
     }
 }
+
+/// An index row with its manifest (`None`: bytes gone or unparsable).
+type ParsedRow = (Descriptor, Option<Arc<Manifest>>);
 
 /// What one repository keeps, and the generation it was computed at.
 struct Analysis {
@@ -234,26 +238,33 @@ impl Store {
         Ok(self.meta().commit(batch).await?)
     }
 
-    /// Rows of `repo` with their parsed manifests (each read once).
+    /// Rows of `repo` with their parsed manifests (each read and parsed
+    /// once, however many rows name it).
     async fn parsed_rows(
         &self,
         repo: &RepoName,
         rows: &[Descriptor],
-    ) -> StoreResult<Vec<(Descriptor, Option<Manifest>)>> {
-        let mut parsed: HashMap<Digest, Option<Manifest>> = HashMap::new();
+    ) -> StoreResult<Vec<ParsedRow>> {
+        let mut parsed: HashMap<&Digest, Option<Arc<Manifest>>> =
+            HashMap::with_capacity(rows.len());
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            if !parsed.contains_key(&row.digest) {
-                parsed.insert(row.digest.clone(), self.parse_stored(repo, row).await?);
-            }
-            out.push((row.clone(), parsed[&row.digest].clone()));
+            let manifest = match parsed.get(&row.digest) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self.parse_stored(repo, row).await?.map(Arc::new);
+                    parsed.insert(&row.digest, m.clone());
+                    m
+                }
+            };
+            out.push((row.clone(), manifest));
         }
         Ok(out)
     }
 
     /// Every blob the given rows keep: the rows' manifests and what those reference.
-    fn kept_blobs(rows: &[(Descriptor, Option<Manifest>)]) -> HashSet<Digest> {
-        let mut keep = HashSet::new();
+    fn kept_blobs(rows: &[ParsedRow]) -> HashSet<Digest> {
+        let mut keep = HashSet::with_capacity(rows.len() * 4);
         for (row, m) in rows {
             keep.insert(row.digest.clone());
             if let Some(m) = m {

@@ -11,6 +11,7 @@
 //! whose manifest bytes are gone. Blobs are kept iff a kept image manifest
 //! references them or they are a kept manifest themselves.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::digest::Digest;
@@ -26,11 +27,11 @@ pub(crate) struct Reach {
 }
 
 /// `rows` with each row's parsed manifest (`None`: bytes gone or unparsable).
-pub(crate) fn reach(rows: &[(Descriptor, Option<Manifest>)]) -> Reach {
+pub(crate) fn reach<M: Borrow<Manifest>>(rows: &[(Descriptor, Option<M>)]) -> Reach {
     let parsed: HashMap<&Digest, &Manifest> = rows
         .iter()
         .filter(|(row, _)| media::MANIFESTS.contains(&row.media_type.as_str()))
-        .filter_map(|(row, m)| m.as_ref().map(|m| (&row.digest, m)))
+        .filter_map(|(row, m)| m.as_ref().map(|m| (&row.digest, m.borrow())))
         .collect();
     let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
     for (digest, m) in &parsed {

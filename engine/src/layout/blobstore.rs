@@ -42,12 +42,36 @@ pub struct BlobstoreLayout {
     local: bool,
 }
 
+// Reference rows, one per (repository, digest), in both orders:
+// `d\0<digest>\0<repo>` answers "who holds this digest" (the sweep),
+// `r\0<repo>\0<digest>` answers "what does this repository hold" (GC).
+// Built by hand rather than with `format!`: GC builds one per blob it visits.
+
+fn ref_key(tag: u8, first: &[&str], second: &[&str]) -> Vec<u8> {
+    let len = |parts: &[&str]| parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut key = Vec::with_capacity(4 + len(first) + len(second));
+    key.extend_from_slice(&[tag, 0]);
+    first
+        .iter()
+        .for_each(|p| key.extend_from_slice(p.as_bytes()));
+    key.push(0);
+    second
+        .iter()
+        .for_each(|p| key.extend_from_slice(p.as_bytes()));
+    key
+}
+
+/// A digest's string in two parts, `<alg>:` and `<hex>`.
+fn digest_str(d: &Digest) -> [&str; 2] {
+    [d.algorithm().prefix(), d.hex()]
+}
+
 pub(crate) fn ref_by_digest(d: &Digest, repo: &RepoName) -> Vec<u8> {
-    format!("d\0{d}\0{repo}").into_bytes()
+    ref_key(b'd', &digest_str(d), &[repo.as_str()])
 }
 
 pub(crate) fn ref_by_repo(repo: &RepoName, d: &Digest) -> Vec<u8> {
-    format!("r\0{repo}\0{d}").into_bytes()
+    ref_key(b'r', &[repo.as_str()], &digest_str(d))
 }
 
 impl BlobstoreLayout {
@@ -212,7 +236,7 @@ impl BlobLayout for BlobstoreLayout {
             let paths = self.driver.list(Some(&dir)).await?;
             return Ok(parse_blob_paths(&dir, &paths));
         }
-        let prefix = format!("r\0{repo}\0").into_bytes();
+        let prefix = ref_key(b'r', &[repo.as_str()], &[]);
         let keys = scan_keys(&*self.meta, Table::REFS, &prefix).await?;
         Ok(keys
             .iter()
@@ -263,7 +287,7 @@ impl BlobLayout for BlobstoreLayout {
                 Err(e) => Err(e.into()),
             };
         }
-        let prefix = format!("d\0{digest}\0").into_bytes();
+        let prefix = ref_key(b'd', &digest_str(digest), &[]);
         Ok(scan_keys(&*self.meta, Table::REFS, &prefix).await?.len() as u64)
     }
 }
