@@ -6,8 +6,8 @@
 //! two equal digests are always byte-equal strings and can name files.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sha2::Digest as _;
 
@@ -76,20 +76,16 @@ pub enum DigestError {
 
 /// A validated, canonical content digest such as `sha256:e3b0c4…`.
 ///
-/// The hex is held inline, not on the heap: GC, fsck and migration build
-/// sets and maps of tens of thousands of digests, and an inline digest is
-/// parsed without an allocation, cloned by a copy, and compared without
-/// chasing a pointer.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// The hex is shared, not owned: GC, fsck and migration put tens of
+/// thousands of digests into sets and maps, and a clone is then a count,
+/// not an allocation. (Held inline, a digest made every descriptor and
+/// error twice as large; the count is cheaper.)
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Digest {
     alg: Algorithm,
-    /// Lower-case ASCII hex in the first `alg.hex_len()` bytes, zeros after
-    /// (so the derived equality and order are those of the strings).
-    hex: [u8; MAX_HEX],
+    /// Lower-case hex, exactly `alg.hex_len()` characters.
+    hex: Arc<str>,
 }
-
-/// Hex length of the longest supported algorithm (sha512).
-const MAX_HEX: usize = 128;
 
 impl Digest {
     /// Longest digest string accepted; anything longer is refused before any scan.
@@ -122,14 +118,10 @@ impl Digest {
             let bad = hex.chars().find(|&c| !canonical(c)).unwrap_or('?');
             return Err(DigestError::BadHex(bad));
         }
-        Ok(Digest::from_canonical(alg, hex.as_bytes()))
-    }
-
-    /// `hex` is already known canonical and of `alg`'s length.
-    fn from_canonical(alg: Algorithm, hex: &[u8]) -> Digest {
-        let mut inline = [0; MAX_HEX];
-        inline[..hex.len()].copy_from_slice(hex);
-        Digest { alg, hex: inline }
+        Ok(Digest {
+            alg,
+            hex: hex.into(),
+        })
     }
 
     /// The digest of `bytes` in one call (manifests, small bodies).
@@ -148,7 +140,7 @@ impl Digest {
     }
 
     pub fn hex(&self) -> &str {
-        std::str::from_utf8(&self.hex[..self.alg.hex_len()]).expect("validated ASCII hex")
+        &self.hex
     }
 }
 
@@ -166,14 +158,6 @@ impl fmt::Display for Digest {
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Digest({self})")
-    }
-}
-
-impl Hash for Digest {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // The used bytes only: hashing the padding would double the work.
-        self.alg.hash(state);
-        self.hex().hash(state);
     }
 }
 
@@ -253,12 +237,15 @@ impl Digest {
     /// Encodes a hash function's output.
     fn from_raw(alg: Algorithm, raw: &[u8]) -> Digest {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = [0; MAX_HEX];
-        for (pair, b) in hex.chunks_exact_mut(2).zip(raw) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0xf)];
+        let hex: String = raw
+            .iter()
+            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+            .map(char::from)
+            .collect();
+        Digest {
+            alg,
+            hex: hex.into(),
         }
-        Digest { alg, hex }
     }
 }
 

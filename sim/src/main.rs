@@ -44,6 +44,7 @@ mod app {
 
     use clap::Parser;
     use engine::{LayoutKind, LockPolicy};
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
     use crate::report::{self, RunResult};
     use crate::run::run;
@@ -127,6 +128,25 @@ mod app {
         }
     }
 
+    /// Runs finished out of runs planned, with the one in progress named.
+    /// Drawn on stderr only when it is a terminal (indicatif hides it
+    /// otherwise), so piped output and CI logs stay plain text; everything
+    /// else the simulator prints goes through [`ProgressBar::suspend`].
+    fn progress(runs: u64) -> ProgressBar {
+        // Cleared when dropped, also on an early exit.
+        let bar = ProgressBar::with_draw_target(Some(runs), ProgressDrawTarget::stderr())
+            .with_finish(ProgressFinish::AndClear);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} runs (eta {eta})  {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    }
+
     pub fn main() -> ExitCode {
         let args = Args::parse();
         let scenario = match load(&args.scenario) {
@@ -148,34 +168,48 @@ mod app {
         let mut baselines: HashMap<(String, String, u64), RunResult> = HashMap::new();
         let mut code = 0u8;
         let (mut store_ops, mut wall_ms) = (0u64, 0f64);
+        let runs_per_seed = configs.len() * if args.check_determinism { 2 } else { 1 };
+        let bar = progress((seeds.len() * runs_per_seed) as u64);
+        // Anything printed while the bar is drawn goes above it.
+        macro_rules! say {
+            ($($t:tt)*) => { bar.suspend(|| println!($($t)*)) };
+        }
+        macro_rules! warn {
+            ($($t:tt)*) => { bar.suspend(|| eprintln!($($t)*)) };
+        }
         for (i, seed) in seeds.iter().copied().enumerate() {
-            println!(
+            say!(
                 "SEED={seed} scenario={} configs={}",
                 scenario.name,
                 configs.len()
             );
             let mut results = Vec::new();
             for &(layout, policy) in &configs {
+                bar.set_message(format!("seed {seed} {layout}/{policy}"));
                 let r = match run_caught(&scenario, layout, policy, seed) {
                     Ok(r) => r,
                     Err(e) => {
-                        eprintln!("sim: {layout}/{policy} seed {seed} did not finish: {e}");
-                        eprintln!("replay: {}", replay(&args.scenario, seed, policy.as_str()));
+                        warn!("sim: {layout}/{policy} seed {seed} did not finish: {e}");
+                        warn!("replay: {}", replay(&args.scenario, seed, policy.as_str()));
                         return ExitCode::from(3);
                     }
                 };
+                bar.inc(1);
                 if args.check_determinism {
-                    match run_caught(&scenario, layout, policy, seed) {
+                    bar.set_message(format!("seed {seed} {layout}/{policy} (again)"));
+                    let again = run_caught(&scenario, layout, policy, seed);
+                    bar.inc(1);
+                    match again {
                         Ok(again) if again.final_hash == r.final_hash && again.ops == r.ops => {}
                         Ok(again) => {
-                            eprintln!(
+                            warn!(
                                 "sim: NOT DETERMINISTIC: {layout}/{policy} seed {seed}: hash {} then {}, ops {} then {}",
                                 r.final_hash, again.final_hash, r.ops, again.ops
                             );
                             code = 1;
                         }
                         Err(e) => {
-                            eprintln!(
+                            warn!(
                                 "sim: second run of {layout}/{policy} seed {seed} did not finish: {e}"
                             );
                             return ExitCode::from(3);
@@ -185,21 +219,21 @@ mod app {
                 store_ops += r.store_ops;
                 wall_ms += r.wall_ms;
                 if !r.violations.is_empty() {
-                    eprintln!(
+                    warn!(
                         "sim: {} violation(s) in {} seed {seed}:",
                         r.violations.len(),
                         r.label()
                     );
                     for v in r.violations.iter().take(20) {
-                        eprintln!("  {v}");
+                        warn!("  {v}");
                     }
-                    eprintln!("replay: {}", replay(&args.scenario, seed, &r.policy));
+                    warn!("replay: {}", replay(&args.scenario, seed, &r.policy));
                     code = 1;
                 }
                 results.push(r);
             }
             if !args.quiet && !sweep {
-                println!("{}", report::table(&results));
+                say!("{}", report::table(&results));
             }
             if sweep {
                 let summary: Vec<String> = results
@@ -213,7 +247,7 @@ mod app {
                         )
                     })
                     .collect();
-                eprintln!(
+                warn!(
                     "[{}/{}] seed {seed}: {}",
                     i + 1,
                     seeds.len(),
@@ -235,7 +269,7 @@ mod app {
                         let base = match load(&path) {
                             Ok(b) => b,
                             Err(err) => {
-                                eprintln!("sim: expectation baseline: {err}");
+                                warn!("sim: expectation baseline: {err}");
                                 return ExitCode::from(2);
                             }
                         };
@@ -244,12 +278,13 @@ mod app {
                             .configs(Some(p))
                             .first()
                             .map_or(LayoutKind::Blobstore, |c| c.0);
+                        bar.set_message(format!("seed {seed} baseline {}", path.display()));
                         match run_caught(&base, layout, p, seed) {
                             Ok(r) => {
                                 baselines.insert(key.clone(), r);
                             }
                             Err(err) => {
-                                eprintln!("sim: baseline {} did not finish: {err}", path.display());
+                                warn!("sim: baseline {} did not finish: {err}", path.display());
                                 return ExitCode::from(3);
                             }
                         }
@@ -259,7 +294,7 @@ mod app {
                     pick(&results, &e.than)
                 };
                 let (Some(l), Some(r)) = (lhs, rhs) else {
-                    eprintln!(
+                    warn!(
                         "sim: expectation {} of {} vs {}: metric missing",
                         e.metric, e.of, e.than
                     );
@@ -271,7 +306,7 @@ mod app {
                 } else {
                     l <= e.factor * r
                 };
-                println!(
+                say!(
                     "expect {} of {} {} {} x {} of {}: {:.3} vs {:.3} (ratio {:.2}) {}",
                     e.metric,
                     e.of,
@@ -297,12 +332,13 @@ mod app {
                     path.display()
                 );
                 if let Err(e) = std::fs::write(path, report::html(&scenario, &results, &command)) {
-                    eprintln!("sim: {}: {e}", path.display());
+                    warn!("sim: {}: {e}", path.display());
                     return ExitCode::from(2);
                 }
             }
             all.extend(results);
         }
+        bar.finish_and_clear();
         if let Some(path) = &args.json
             && let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&all).expect("json"))
         {
