@@ -178,24 +178,31 @@ pub async fn competing_conditional_writers(d: &dyn Driver) {
 }
 
 pub async fn large_streamed_object(d: &dyn Driver) {
-    // Crosses the fs driver's pipelining threshold and chunk boundaries.
-    const CHUNK: usize = 1 << 20;
-    let chunks: Vec<Bytes> = (0..6).map(|i| pattern(100 + i, CHUNK)).collect();
-    let mut w = d.writer(&p("big/blob"), PutMode::Overwrite).await.unwrap();
-    for c in &chunks {
-        w.write(c.clone()).await.unwrap();
+    // Crosses the fs driver's pipelining threshold, its direct-I/O staging
+    // size and chunk boundaries; the odd chunk size leaves the pipelined
+    // part starting, and the object ending, off any block boundary.
+    for (chunk, count) in [(1 << 20, 6), (999_999, 14)] {
+        let chunks: Vec<Bytes> = (0..count).map(|i| pattern(100 + i, chunk)).collect();
+        let mut w = d.writer(&p("big/blob"), PutMode::Overwrite).await.unwrap();
+        for c in &chunks {
+            w.write(c.clone()).await.unwrap();
+        }
+        w.commit().await.unwrap();
+        let size = (count as usize * chunk) as u64;
+        assert_eq!(d.stat(&p("big/blob")).await.unwrap().size, size);
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let across = (chunk as u64 - 7)..(3 * chunk as u64 + 11);
+        let got = d.get(&p("big/blob"), Some(across.clone())).await.unwrap();
+        assert!(
+            got[..] == all[across.start as usize..across.end as usize],
+            "ranged read across chunks"
+        );
+        assert!(
+            d.get(&p("big/blob"), None).await.unwrap()[..] == all[..],
+            "{count} chunks of {chunk} bytes read back whole"
+        );
+        d.delete(&p("big/blob")).await.unwrap();
     }
-    w.commit().await.unwrap();
-    assert_eq!(d.stat(&p("big/blob")).await.unwrap().size, 6 * CHUNK as u64);
-    let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-    let across = (CHUNK as u64 - 7)..(3 * CHUNK as u64 + 11);
-    let got = d.get(&p("big/blob"), Some(across.clone())).await.unwrap();
-    assert!(
-        got[..] == all[across.start as usize..across.end as usize],
-        "ranged read across chunks"
-    );
-    assert!(d.get(&p("big/blob"), None).await.unwrap()[..] == all[..]);
-    d.delete(&p("big/blob")).await.unwrap();
 }
 
 pub async fn listing(d: &dyn Driver) {
