@@ -110,7 +110,7 @@ impl GcReport {
 }
 
 /// An index row with its manifest (`None`: bytes gone or unparsable).
-type ParsedRow = (Descriptor, Option<Arc<Manifest>>);
+type ParsedRow<'a> = (&'a Descriptor, Option<Arc<Manifest>>);
 
 /// What one repository keeps, and the generation it was computed at.
 struct Analysis {
@@ -131,11 +131,7 @@ impl Store {
     /// Runs one GC pass over the whole store.
     pub async fn gc(&self, opts: GcOptions) -> StoreResult<GcReport> {
         let started = Instant::now();
-        let exclusive_before = self
-            .metrics()
-            .locks
-            .get(Domain::Blobstore, Mode::Exclusive)
-            .acquisitions();
+        let exclusive_before = self.lock_acquisitions(Domain::Blobstore, Mode::Exclusive);
         let mut report = GcReport {
             dry_run: opts.dry_run,
             ..GcReport::default()
@@ -149,12 +145,8 @@ impl Store {
         }
         self.gc_blobstore(opts, &mut report, &dropped).await?;
         report.pass_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        report.blobstore_exclusive_acquisitions = self
-            .metrics()
-            .locks
-            .get(Domain::Blobstore, Mode::Exclusive)
-            .acquisitions()
-            - exclusive_before;
+        report.blobstore_exclusive_acquisitions =
+            self.lock_acquisitions(Domain::Blobstore, Mode::Exclusive) - exclusive_before;
         Ok(report)
     }
 
@@ -240,11 +232,11 @@ impl Store {
 
     /// Rows of `repo` with their parsed manifests (each read and parsed
     /// once, however many rows name it).
-    async fn parsed_rows(
+    async fn parsed_rows<'a>(
         &self,
         repo: &RepoName,
-        rows: &[Descriptor],
-    ) -> StoreResult<Vec<ParsedRow>> {
+        rows: &'a [Descriptor],
+    ) -> StoreResult<Vec<ParsedRow<'a>>> {
         let mut parsed: HashMap<&Digest, Option<Arc<Manifest>>> =
             HashMap::with_capacity(rows.len());
         let mut out = Vec::with_capacity(rows.len());
@@ -257,13 +249,13 @@ impl Store {
                     m
                 }
             };
-            out.push((row.clone(), manifest));
+            out.push((row, manifest));
         }
         Ok(out)
     }
 
     /// Every blob the given rows keep: the rows' manifests and what those reference.
-    fn kept_blobs(rows: &[ParsedRow]) -> HashSet<Digest> {
+    fn kept_blobs(rows: &[ParsedRow<'_>]) -> HashSet<Digest> {
         let mut keep = HashSet::with_capacity(rows.len() * 4);
         for (row, m) in rows {
             keep.insert(row.digest.clone());
@@ -304,6 +296,9 @@ impl Store {
             .into_iter()
             .filter(|(row, _)| !drop_rows.contains(&row.digest))
             .collect();
+        // What stays is known before index.json changes (the rows borrow it).
+        let keep = Store::kept_blobs(&remaining);
+        drop(remaining);
         if !drop_rows.is_empty() {
             for d in &drop_rows {
                 report.add(GcKind::Manifest, Some(repo), Some(d), 0);
@@ -315,7 +310,6 @@ impl Store {
                 self.save_index(repo, &index).await?;
             }
         }
-        let keep = Store::kept_blobs(&remaining);
         let mut candidates = Vec::new();
         for d in self.layout().repo_digests(repo).await? {
             if !keep.contains(&d)

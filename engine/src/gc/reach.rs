@@ -27,11 +27,19 @@ pub(crate) struct Reach {
 }
 
 /// `rows` with each row's parsed manifest (`None`: bytes gone or unparsable).
-pub(crate) fn reach<M: Borrow<Manifest>>(rows: &[(Descriptor, Option<M>)]) -> Reach {
+pub(crate) fn reach<R, M>(rows: &[(R, Option<M>)]) -> Reach
+where
+    R: Borrow<Descriptor>,
+    M: Borrow<Manifest>,
+{
+    let rows: Vec<(&Descriptor, Option<&Manifest>)> = rows
+        .iter()
+        .map(|(row, m)| (row.borrow(), m.as_ref().map(Borrow::borrow)))
+        .collect();
     let parsed: HashMap<&Digest, &Manifest> = rows
         .iter()
         .filter(|(row, _)| media::MANIFESTS.contains(&row.media_type.as_str()))
-        .filter_map(|(row, m)| m.as_ref().map(|m| (&row.digest, m.borrow())))
+        .filter_map(|&(row, m)| m.map(|m| (&row.digest, m)))
         .collect();
     let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
     for (digest, m) in &parsed {
