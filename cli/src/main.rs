@@ -20,6 +20,11 @@ use serde_json::json;
 
 use crate::root::RootArgs;
 
+/// The engine leaves the allocator to whoever embeds it; this binary, the
+/// simulator and the benches choose mimalloc (README, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ocistore",

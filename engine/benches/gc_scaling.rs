@@ -18,6 +18,11 @@
 
 mod common;
 
+/// Every binary of this project allocates with mimalloc (README, "Allocator");
+/// the benches measure what those binaries run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +37,7 @@ use engine::oci::{Descriptor, ImageIndex, REF_NAME, media};
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
 use serde_json::json;
 
-const REPEATS: usize = 5;
+const REPEATS: usize = 7;
 
 fn sizes() -> &'static [usize] {
     if common::quick() {

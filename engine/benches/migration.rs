@@ -15,6 +15,11 @@
 
 mod common;
 
+/// Every binary of this project allocates with mimalloc (README, "Allocator");
+/// the benches measure what those binaries run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -237,11 +237,11 @@ impl Digest {
     /// Encodes a hash function's output.
     fn from_raw(alg: Algorithm, raw: &[u8]) -> Digest {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let hex: String = raw
+        let hex: Vec<u8> = raw
             .iter()
             .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
-            .map(char::from)
             .collect();
+        let hex = String::from_utf8(hex).expect("hex digits are ASCII");
         Digest {
             alg,
             hex: hex.into(),

@@ -197,7 +197,7 @@ impl<F: PosixFs> PosixDriver<F> {
                 if is_dir {
                     stack.push(child);
                 } else {
-                    out.push(DriverPath::new(child)?);
+                    out.push(DriverPath::from_string(child)?);
                 }
             }
         }
