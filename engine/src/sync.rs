@@ -42,9 +42,18 @@ mod imp {
     pub(crate) use super::fair::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
     pub(crate) use std::time::Instant;
 
-    /// Time does not exist under loom; a sleep is a yield point.
+    loom::lazy_static! {
+        static ref SCHEDULING_POINT: loom::sync::atomic::AtomicUsize =
+            loom::sync::atomic::AtomicUsize::new(0);
+    }
+
+    /// Time does not exist under loom. A sleep is a scheduling point: loom
+    /// explores both this thread going on and any other running first, so
+    /// a driver wrapped in a latency model makes every call a place where
+    /// operations can interleave. (`yield_now` would force one switch, not
+    /// explore both.)
     pub(crate) async fn sleep(_d: std::time::Duration) {
-        loom::thread::yield_now();
+        SCHEDULING_POINT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -83,6 +83,10 @@ impl<D: Driver> Driver for Latency<D> {
     }
 
     async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
+        // The delay depends on the bytes, so it comes after the call; the
+        // zero sleep before is a scheduling point under loom (the request
+        // is in flight) and nothing anywhere else.
+        crate::sync::sleep(Duration::ZERO).await;
         let data = self.inner.get(path, range).await?;
         self.wait(CallKind::Get, data.len() as u64).await;
         Ok(data)

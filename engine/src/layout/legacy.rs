@@ -112,6 +112,44 @@ impl LegacyLayout {
         }
     }
 
+    /// Runs `access` on where `repo`'s bytes of `d` are, following a marker
+    /// to its original. A marker's original can be removed between reading
+    /// the index and reading the bytes: `remove` promotes a duplicate first
+    /// (copy, then index, then delete), so the index then names a new
+    /// original. Readers take no digest lock under `striped`, so they look
+    /// again while the index keeps naming a different place.
+    async fn follow<T, F, Fut>(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        access: F,
+    ) -> StoreResult<Option<T>>
+    where
+        F: Fn(DriverPath) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<Option<T>>>,
+    {
+        let own = repo_blob(repo, d);
+        let mut tried = None;
+        // Each retry needs another removal to have promoted another holder;
+        // the bound only stops a pathological chain.
+        for _ in 0..8 {
+            let Some(path) = self.resolve(repo, d).await? else {
+                return Ok(None);
+            };
+            if tried.as_ref() == Some(&path) {
+                return Ok(None);
+            }
+            if let Some(found) = access(path.clone()).await? {
+                return Ok(Some(found));
+            }
+            if path == own {
+                return Ok(None);
+            }
+            tried = Some(path);
+        }
+        Ok(None)
+    }
+
     /// Makes `path` a duplicate of `original`: a hard link, or a marker.
     async fn place_duplicate(&self, original: &DriverPath, path: &DriverPath) -> StoreResult<()> {
         let driver = &*self.driver;
@@ -128,6 +166,20 @@ impl LegacyLayout {
         }
         driver.sync_dir(path.parent().as_ref()).await?;
         Ok(())
+    }
+
+    /// True if `path` is already a good duplicate of `d`: a hard link whose
+    /// bytes verify, or a marker (its original was just verified by the
+    /// caller; a marker never hashes as itself, so it is not checked).
+    async fn holds_valid(&self, path: &DriverPath, d: &Digest) -> StoreResult<bool> {
+        if self.local {
+            return Ok(self.verifier.check(&*self.driver, path, d).await?.is_some());
+        }
+        match self.driver.stat(path).await {
+            Ok(meta) => Ok(LegacyLayout::is_marker_size(d, meta.size)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The recorded original of `d`, if its bytes verify.
@@ -157,6 +209,16 @@ impl LegacyLayout {
             let mut entry = self.entry(d).await?;
             let consumed = match self.valid_original(d, &entry).await? {
                 Some(original) if original == path => false,
+                // Already a good duplicate. Re-placing it would open a
+                // window (unlink, then link) in which a reader of this
+                // repository, which takes no digest lock under `striped`,
+                // finds the blob missing.
+                Some(_)
+                    if entry.duplicates.contains(path.as_str())
+                        && self.holds_valid(&path, d).await? =>
+                {
+                    false
+                }
                 Some(original) => {
                     self.place_duplicate(&original, &path).await?;
                     entry.duplicates.insert(path.to_string());
@@ -205,10 +267,10 @@ impl BlobLayout for LegacyLayout {
     }
 
     async fn stat(&self, repo: &RepoName, digest: &Digest) -> StoreResult<Option<u64>> {
-        match self.resolve(repo, digest).await? {
-            Some(path) => self.verifier.check(&*self.driver, &path, digest).await,
-            None => Ok(None),
-        }
+        self.follow(repo, digest, |path| async move {
+            self.verifier.check(&*self.driver, &path, digest).await
+        })
+        .await
     }
 
     async fn read(
@@ -217,10 +279,11 @@ impl BlobLayout for LegacyLayout {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> StoreResult<Option<Bytes>> {
-        match self.resolve(repo, digest).await? {
-            Some(path) => read_verified(&*self.driver, &self.verifier, &path, digest, range).await,
-            None => Ok(None),
-        }
+        self.follow(repo, digest, |path| {
+            let range = range.clone();
+            async move { read_verified(&*self.driver, &self.verifier, &path, digest, range).await }
+        })
+        .await
     }
 
     async fn mount(&self, from: &RepoName, to: &RepoName, digest: &Digest) -> StoreResult<bool> {
