@@ -86,6 +86,36 @@ fn code<T>(r: Result<T, engine::StoreError>) -> Option<ErrorCode> {
     r.err().and_then(|e| e.code())
 }
 
+/// A blob garbage long enough to go, then referenced by an untagged
+/// manifest still younger than the delay: the manifest stays, and so does
+/// the blob (the kept set covers rows kept for their age, not only rows
+/// reached from a tag).
+async fn a_young_manifest_keeps_an_old_garbage_blob(h: &Harness) {
+    let s = &h.store;
+    let r = repo("young");
+    let keep_tagged = image(40, 1);
+    push_image(s, &r, &keep_tagged, Some("v")).await;
+    let img = image(41, 1);
+    let (layer, data) = &img.layers[0];
+    s.push_blob(&r, layer, data.clone()).await.unwrap();
+    let short = GcOptions {
+        delay: Duration::from_millis(30),
+        dry_run: false,
+    };
+    s.gc(short).await.unwrap(); // marks the layer as garbage
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    push_image(s, &r, &img, None).await; // untagged: garbage from now on
+    let report = s.gc(short).await.unwrap();
+    assert!(
+        report.items.is_empty(),
+        "{}: removed {:?}",
+        h.label,
+        report.items
+    );
+    s.get_manifest(&r, &digest_ref(&img)).await.unwrap();
+    s.stat_blob(&r, layer).await.unwrap();
+}
+
 async fn untagged_go_referrers_stay(h: &Harness) {
     let s = &h.store;
     let r = repo("refs");
@@ -399,6 +429,7 @@ macro_rules! gc_cases {
 
 gc_cases!(
     a_delay_keeps_everything_then_lets_go,
+    a_young_manifest_keeps_an_old_garbage_blob,
     untagged_go_referrers_stay,
     nested_index_dag_is_kept,
     dry_run_changes_nothing_and_predicts_the_real_run,

@@ -254,16 +254,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Every blob the given rows keep: the rows' manifests and what those reference.
-    fn kept_blobs(rows: &[ParsedRow<'_>]) -> HashSet<Digest> {
-        let mut keep = HashSet::with_capacity(rows.len() * 4);
+    /// Adds to `keep` every blob the given rows keep: the rows' manifests
+    /// and what those reference.
+    fn keep_rows<'r, 'a: 'r>(
+        keep: &mut HashSet<Digest>,
+        rows: impl IntoIterator<Item = &'r ParsedRow<'a>>,
+    ) {
         for (row, m) in rows {
             keep.insert(row.digest.clone());
             if let Some(m) = m {
                 keep.extend(m.blobs().into_iter().map(|b| b.digest.clone()));
             }
         }
-        keep
     }
 
     /// Under the repository's exclusive lock: prune rows, return what stays.
@@ -292,13 +294,17 @@ impl Store {
                 drop_rows.insert(row.digest.clone());
             }
         }
-        let remaining: Vec<_> = rows
-            .into_iter()
-            .filter(|(row, _)| !drop_rows.contains(&row.digest))
-            .collect();
-        // What stays is known before index.json changes (the rows borrow it).
-        let keep = Store::kept_blobs(&remaining);
-        drop(remaining);
+        // What stays is known before index.json changes (the rows borrow
+        // it): what `reach` found, and the rows kept only because they are
+        // younger than the delay, with what they reference.
+        let mut keep = reached.blobs;
+        Store::keep_rows(
+            &mut keep,
+            rows.iter().filter(|(row, _)| {
+                !reached.manifests.contains(&row.digest) && !drop_rows.contains(&row.digest)
+            }),
+        );
+        drop(rows);
         if !drop_rows.is_empty() {
             for d in &drop_rows {
                 report.add(GcKind::Manifest, Some(repo), Some(d), 0);
@@ -349,9 +355,11 @@ impl Store {
                 // A manifest changed since the analysis: recompute what is kept.
                 let index = self.load_index(repo).await?;
                 let rows = self.parsed_rows(repo, &index.manifests).await?;
+                let mut keep = HashSet::new();
+                Store::keep_rows(&mut keep, &rows);
                 analysis = Analysis {
                     generation: self.generation(repo),
-                    keep: Store::kept_blobs(&rows),
+                    keep,
                 };
             }
             if analysis.keep.contains(&d) {

@@ -32,14 +32,11 @@ where
     R: Borrow<Descriptor>,
     M: Borrow<Manifest>,
 {
-    let rows: Vec<(&Descriptor, Option<&Manifest>)> = rows
-        .iter()
-        .map(|(row, m)| (row.borrow(), m.as_ref().map(Borrow::borrow)))
-        .collect();
+    let rows = rows.iter().map(|(row, m)| (row.borrow(), m.as_ref()));
     let parsed: HashMap<&Digest, &Manifest> = rows
-        .iter()
+        .clone()
         .filter(|(row, _)| media::MANIFESTS.contains(&row.media_type.as_str()))
-        .filter_map(|&(row, m)| m.map(|m| (&row.digest, m)))
+        .filter_map(|(row, m)| m.map(|m| (&row.digest, m.borrow())))
         .collect();
     let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
     for (digest, m) in &parsed {
@@ -49,7 +46,6 @@ where
     }
     let mut out = Reach::default();
     let mut queue: VecDeque<&Digest> = rows
-        .iter()
         .filter(|(row, _)| row.tag().is_some() && parsed.contains_key(&row.digest))
         .map(|(row, _)| &row.digest)
         .collect();
