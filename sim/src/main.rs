@@ -26,8 +26,8 @@ mod workload;
 
 use std::process::ExitCode;
 
-/// mimalloc, as for every binary of this project (README, "Allocator"):
-/// glibc's malloc cost the simulator a third of its speed.
+/// mimalloc, as for every binary of this project: under glibc's malloc
+/// the simulator ran slower (figures in README, "Allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
