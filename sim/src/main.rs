@@ -22,6 +22,8 @@ mod rng;
 #[cfg(madsim)]
 mod run;
 mod scenario;
+#[cfg(madsim)]
+mod sweep;
 mod workload;
 
 use std::process::ExitCode;
@@ -52,8 +54,8 @@ mod app {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
     use crate::report::{self, RunResult};
-    use crate::run::run;
     use crate::scenario::Scenario;
+    use crate::sweep::{self, Job, Sweep};
 
     #[derive(Debug, Parser)]
     #[command(
@@ -84,6 +86,10 @@ mod app {
         /// Print only the summary lines.
         #[arg(long)]
         quiet: bool,
+        /// Runs at a time (default: one per core). Runs are independent
+        /// runtimes: this changes how long a sweep takes, never a result.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+        jobs: Option<u64>,
     }
 
     fn load(path: &Path) -> Result<Scenario, String> {
@@ -96,41 +102,6 @@ mod app {
             "cargo run -p sim -- {} --seed {seed} --policy {policy}",
             path.display()
         )
-    }
-
-    /// Wall-clock bound on one run: madsim's time limit catches runs stuck
-    /// in virtual time; this catches runs that spin without letting virtual
-    /// time advance (a livelock at one instant).
-    const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(600);
-
-    /// Runs one configuration on its own thread; a panic (madsim's time
-    /// limit) or the watchdog becomes an error instead of a hang.
-    fn run_caught(
-        s: &Scenario,
-        layout: LayoutKind,
-        policy: LockPolicy,
-        seed: u64,
-    ) -> Result<RunResult, String> {
-        let s2 = s.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(&s2, layout, policy, seed)
-            }));
-            let _ = tx.send(outcome);
-        });
-        match rx.recv_timeout(WATCHDOG) {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into())),
-            Err(_) => Err(format!(
-                "no result after {} wall-clock seconds (livelock?)",
-                WATCHDOG.as_secs()
-            )),
-        }
     }
 
     /// Runs finished out of runs planned, with the one in progress named.
@@ -172,9 +143,24 @@ mod app {
         let mut all: Vec<RunResult> = Vec::new();
         let mut baselines: HashMap<(String, String, u64), RunResult> = HashMap::new();
         let mut code = 0u8;
-        let (mut store_ops, mut wall_ms) = (0u64, 0f64);
-        let runs_per_seed = configs.len() * if args.check_determinism { 2 } else { 1 };
-        let bar = progress((seeds.len() * runs_per_seed) as u64);
+        let (mut store_ops, mut run_ms) = (0u64, 0f64);
+        let repeats = if args.check_determinism { 2 } else { 1 };
+        let mut plan = Vec::new();
+        for &seed in &seeds {
+            for &(layout, policy) in &configs {
+                for _ in 0..repeats {
+                    plan.push(Job {
+                        seed,
+                        layout,
+                        policy,
+                    });
+                }
+            }
+        }
+        let jobs = args.jobs.map_or_else(sweep::default_jobs, |j| j as usize);
+        let bar = progress(plan.len() as u64);
+        let started = std::time::Instant::now();
+        let mut runs = Sweep::new(&scenario, plan, jobs);
         // Anything printed while the bar is drawn goes above it.
         macro_rules! say {
             ($($t:tt)*) => { bar.suspend(|| println!($($t)*)) };
@@ -191,7 +177,9 @@ mod app {
             let mut results = Vec::new();
             for &(layout, policy) in &configs {
                 bar.set_message(format!("seed {seed} {layout}/{policy}"));
-                let r = match run_caught(&scenario, layout, policy, seed) {
+                let (job, r) = runs.next_result().expect("planned");
+                debug_assert_eq!((job.seed, job.layout, job.policy), (seed, layout, policy));
+                let r = match r {
                     Ok(r) => r,
                     Err(e) => {
                         warn!("sim: {layout}/{policy} seed {seed} did not finish: {e}");
@@ -201,8 +189,7 @@ mod app {
                 };
                 bar.inc(1);
                 if args.check_determinism {
-                    bar.set_message(format!("seed {seed} {layout}/{policy} (again)"));
-                    let again = run_caught(&scenario, layout, policy, seed);
+                    let (_, again) = runs.next_result().expect("planned");
                     bar.inc(1);
                     match again {
                         Ok(again) if again.final_hash == r.final_hash && again.ops == r.ops => {}
@@ -222,7 +209,7 @@ mod app {
                     }
                 }
                 store_ops += r.store_ops;
-                wall_ms += r.wall_ms;
+                run_ms += r.wall_ms;
                 if !r.violations.is_empty() {
                     warn!(
                         "sim: {} violation(s) in {} seed {seed}:",
@@ -284,8 +271,15 @@ mod app {
                             .first()
                             .map_or(LayoutKind::Blobstore, |c| c.0);
                         bar.set_message(format!("seed {seed} baseline {}", path.display()));
-                        match run_caught(&base, layout, p, seed) {
+                        let job = Job {
+                            seed,
+                            layout,
+                            policy: p,
+                        };
+                        match sweep::run_one(&base, job) {
                             Ok(r) => {
+                                store_ops += r.store_ops;
+                                run_ms += r.wall_ms;
                                 baselines.insert(key.clone(), r);
                             }
                             Err(err) => {
@@ -350,10 +344,14 @@ mod app {
             eprintln!("sim: {}: {e}", path.display());
             return ExitCode::from(2);
         }
+        // Both rates: what a user waits for (the sweep's wall clock, runs
+        // side by side), and what one run does on one thread.
+        let wall_s = started.elapsed().as_secs_f64();
         println!(
-            "simulator speed: {:.0} store operations per wall-clock second ({store_ops} in {:.2} s)",
-            store_ops as f64 / (wall_ms / 1e3).max(1e-9),
-            wall_ms / 1e3
+            "simulator speed: {:.0} store operations per wall-clock second ({store_ops} in {wall_s:.2} s, \
+             {jobs} run(s) at a time); one run on one thread: {:.0} per second",
+            store_ops as f64 / wall_s.max(1e-9),
+            store_ops as f64 / (run_ms / 1e3).max(1e-9),
         );
         if code == 0 {
             println!("all invariants held");

@@ -37,6 +37,31 @@ fn quickstart_three_seeds_deterministic() {
     sweep("scenarios/quickstart.toml", "3");
 }
 
+/// Runs side by side are independent runtimes: `--jobs` changes how long a
+/// sweep takes, never what it finds.
+#[test]
+fn results_do_not_depend_on_how_many_runs_go_at_once() {
+    let per_seed = |jobs: &str| {
+        let (code, stdout, stderr) = sim(&[
+            "scenarios/quickstart.toml",
+            "--seeds",
+            "3",
+            "--jobs",
+            jobs,
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "--jobs {jobs}: exit {code}\n{stdout}\n{stderr}");
+        let lines: Vec<String> = stderr
+            .lines()
+            .filter(|l| l.contains("] seed "))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(lines.len(), 3, "--jobs {jobs}: {stderr}");
+        lines
+    };
+    assert_eq!(per_seed("1"), per_seed("3"));
+}
+
 #[test]
 fn crashes_gc_and_fan_in_sweep() {
     for s in [
