@@ -22,6 +22,18 @@ pub const RESERVED_PREFIX: &str = ".ocistore";
 const MAX_PATH: usize = 4096;
 const MAX_COMPONENT: usize = 255;
 
+/// The bytes a component may hold: `[A-Za-z0-9._-]`.
+const ALLOWED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-';
+        b += 1;
+    }
+    t
+};
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid storage path {path:?}: {reason}")]
 pub struct PathError {
@@ -47,6 +59,9 @@ impl DriverPath {
         Ok(DriverPath(path.into_boxed_str()))
     }
 
+    /// One pass over the bytes (every driver call builds paths, so this is
+    /// on every hot path): a table says which bytes may appear, and only a
+    /// component starting with '.' needs a closer look.
     fn check(path: &str) -> Result<(), PathError> {
         let fail = |reason| {
             Err(PathError {
@@ -60,24 +75,23 @@ impl DriverPath {
         if path.len() > MAX_PATH {
             return fail("longer than 4096 bytes");
         }
-        for component in path.split('/') {
+        for component in path.as_bytes().split(|&b| b == b'/') {
             if component.is_empty() {
                 return fail("empty component (leading, trailing or doubled '/')");
-            }
-            if component == "." || component == ".." {
-                return fail("'.' and '..' components are not allowed");
             }
             if component.len() > MAX_COMPONENT {
                 return fail("component longer than 255 bytes");
             }
-            if !component
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            {
+            if !component.iter().all(|&b| ALLOWED[b as usize]) {
                 return fail("only A-Z a-z 0-9 . _ - and '/' are allowed");
             }
-            if component.starts_with(RESERVED_PREFIX) {
-                return fail("names starting with .ocistore are reserved for the driver");
+            if component[0] == b'.' {
+                if component == b"." || component == b".." {
+                    return fail("'.' and '..' components are not allowed");
+                }
+                if component.starts_with(RESERVED_PREFIX.as_bytes()) {
+                    return fail("names starting with .ocistore are reserved for the driver");
+                }
             }
         }
         Ok(())
@@ -157,6 +171,8 @@ mod tests {
             "a/.uploads/0f-1",
             "oci-layout",
             "blobs/foo",
+            "x/..hidden/...",
+            &"b".repeat(255),
         ] {
             DriverPath::new(p).unwrap();
         }
