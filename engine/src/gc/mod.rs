@@ -468,8 +468,7 @@ impl Store {
         dropped: &HashMap<Digest, u64>,
     ) -> StoreResult<()> {
         let mut seen = Vec::new();
-        for d in self.layout().blobstore_digests().await? {
-            let holders = self.layout().recorded_holders(&d).await?;
+        for (d, holders) in self.layout().blobstore_holders().await? {
             let would_be = if opts.dry_run {
                 holders.saturating_sub(dropped.get(&d).copied().unwrap_or(0))
             } else {

@@ -251,4 +251,28 @@ pub trait BlobLayout: Send + Sync + fmt::Debug {
     /// How many repositories the reference truth says hold `digest`
     /// (link count - 1, reference rows, or dedupe-index entries).
     async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64>;
+
+    /// Every `_blobstore` digest with its [`recorded_holders`] count, for a
+    /// sweep choosing its candidates. Not a snapshot: a holder added while
+    /// this runs may be missed, which is why [`sweep`] checks again under
+    /// the digest's lock before deleting anything.
+    ///
+    /// [`recorded_holders`]: BlobLayout::recorded_holders
+    /// [`sweep`]: BlobLayout::sweep
+    async fn blobstore_holders(&self) -> StoreResult<Vec<(Digest, u64)>> {
+        holders_each(self, self.blobstore_digests().await?).await
+    }
+}
+
+/// [`BlobLayout::blobstore_holders`] asked one digest at a time.
+pub(crate) async fn holders_each<L: BlobLayout + ?Sized>(
+    layout: &L,
+    digests: Vec<Digest>,
+) -> StoreResult<Vec<(Digest, u64)>> {
+    let mut out = Vec::with_capacity(digests.len());
+    for d in digests {
+        let holders = layout.recorded_holders(&d).await?;
+        out.push((d, holders));
+    }
+    Ok(out)
 }
