@@ -23,18 +23,15 @@ mod common;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{POLICIES, blob, median, quantile};
 use criterion::{BenchmarkId, SamplingMode, Throughput};
-use engine::driver::{Driver, DriverPath, Latency, LatencyModel, ObjectDriver, PutMode};
 use engine::gc::GcOptions;
 use engine::lock::{Domain, Mode};
-use engine::meta::MemoryMeta;
-use engine::oci::{Descriptor, ImageIndex, REF_NAME, media};
-use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
+use engine::oci::media;
+use engine::{LockPolicy, Reference, RepoName, Store};
 use serde_json::json;
 
 const REPEATS: usize = 7;
@@ -45,73 +42,6 @@ fn sizes() -> &'static [usize] {
     } else {
         &[1_000, 3_000, 10_000]
     }
-}
-
-/// A store whose repo `big` holds `n` manifests over 20 shared layers.
-/// Blobs and manifests go in through the store; index.json is written once
-/// (pushing 10,000 tags one by one would rewrite it 10,000 times).
-async fn fixture(n: usize, per_call: Duration, policy: LockPolicy) -> Store {
-    let driver: Arc<dyn Driver> = Arc::new(Latency::new(
-        ObjectDriver::in_memory(),
-        LatencyModel::fixed(per_call),
-    ));
-    let config = StoreConfig {
-        layout: LayoutKind::Blobstore,
-        policy,
-    };
-    let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
-        .await
-        .unwrap();
-    let repo = RepoName::parse("big").unwrap();
-    let layers: Vec<_> = (0..20).map(|i| blob(10_000 + i, 2000)).collect();
-    for (d, b) in &layers {
-        store.push_blob(&repo, d, b.clone()).await.unwrap();
-    }
-    let mut rows = Vec::with_capacity(n);
-    for i in 0..n as u64 {
-        let config = blob(i, 64);
-        store
-            .push_blob(&repo, &config.0, config.1.clone())
-            .await
-            .unwrap();
-        let picked = [
-            &layers[(i % 20) as usize],
-            &layers[((i * 7 + 3) % 20) as usize],
-        ];
-        let desc = |mt: &str, (d, b): &(Digest, Bytes)| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
-        let body = json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": desc(media::OCI_CONFIG, &config),
-            "layers": picked.iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>()});
-        let body = Bytes::from(body.to_string());
-        let d = Digest::sha256(&body);
-        store.push_blob(&repo, &d, body.clone()).await.unwrap();
-        let mut annotations = std::collections::BTreeMap::new();
-        if i % 10 != 0 {
-            annotations.insert(REF_NAME.to_owned(), format!("t{i}"));
-        }
-        rows.push(Descriptor {
-            media_type: media::OCI_MANIFEST.into(),
-            digest: d,
-            size: body.len() as u64,
-            artifact_type: None,
-            annotations,
-            platform: None,
-        });
-    }
-    let index = ImageIndex {
-        manifests: rows,
-        ..ImageIndex::default()
-    };
-    let path = DriverPath::new("big/index.json").unwrap();
-    store
-        .driver()
-        .put(
-            &path,
-            Bytes::from(serde_json::to_vec(&index).unwrap()),
-            PutMode::Overwrite,
-        )
-        .await
-        .unwrap();
-    store
 }
 
 /// CPU time used by this process so far (all threads): unlike wall time,
@@ -172,7 +102,7 @@ fn main() {
     for &n in sizes() {
         group.throughput(Throughput::Elements(n as u64));
         for policy in POLICIES {
-            let store = rt.block_on(fixture(n, Duration::ZERO, policy));
+            let store = rt.block_on(common::gc_fixture::build(n, Duration::ZERO, policy));
             let dry = GcOptions {
                 dry_run: true,
                 ..NOW
@@ -199,7 +129,7 @@ fn main() {
         let mut removed = vec![0; sizes().len()];
         for _ in 0..REPEATS {
             for (i, &n) in sizes().iter().enumerate() {
-                let store = rt.block_on(fixture(n, Duration::ZERO, policy));
+                let store = rt.block_on(common::gc_fixture::build(n, Duration::ZERO, policy));
                 let (started, cpu) = (Instant::now(), process_cpu());
                 let report = rt.block_on(store.gc(NOW)).unwrap();
                 runs[i].push((
@@ -252,7 +182,7 @@ async fn pushes_during_gc() -> serde_json::Value {
         "pushes to other repositories while GC passes over {n} manifests (100 us per call, striped):"
     );
     let per_call = Duration::from_micros(100);
-    let store = fixture(n, per_call, LockPolicy::Striped).await;
+    let store = common::gc_fixture::build(n, per_call, LockPolicy::Striped).await;
     let quiet = quantile(pushes(&store, "quiet", 300).await, 0.99);
     let exclusive_before = store.lock_acquisitions(Domain::Blobstore, Mode::Exclusive);
     let gc = {

@@ -16,6 +16,8 @@ use engine::oci::media;
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
 use serde_json::json;
 
+pub mod gc_fixture;
+
 pub const POLICIES: [LockPolicy; 3] = [LockPolicy::Global, LockPolicy::Split, LockPolicy::Striped];
 
 /// `OCISTORE_BENCH_QUICK=1`: a small run that only proves the pipeline
