@@ -427,6 +427,7 @@ impl PosixFs for RealFs {
             size: md.len(),
             modified: md.modified()?,
             links: md.nlink(),
+            file_id: (md.dev(), md.ino()),
         })
     }
 

@@ -54,6 +54,10 @@ pub struct ObjectMeta {
     /// has no links. The local blobstore reads `links - 1` as "repositories
     /// holding this digest" (DESIGN §4).
     pub links: Option<u64>,
+    /// `(device, inode)` where the backend has files: two names with the
+    /// same id are one file (hard links), so what was verified under one
+    /// name holds for the other. `None` on object stores.
+    pub file_id: Option<(u64, u64)>,
 }
 
 /// What to do when the target of a write already exists.

@@ -88,6 +88,7 @@ impl Driver for ObjectDriver {
         // Object stores have no link counts; do not leak the backing's.
         Ok(ObjectMeta {
             links: None,
+            file_id: None,
             ..meta
         })
     }
@@ -204,6 +205,7 @@ impl Driver for MemoryObjects {
             size: obj.data.len() as u64,
             modified: obj.modified,
             links: None,
+            file_id: None,
         })
     }
 

@@ -41,6 +41,8 @@ pub struct FsStat {
     pub size: u64,
     pub modified: SystemTime,
     pub links: u64,
+    /// `(device, inode)`.
+    pub file_id: (u64, u64),
 }
 
 /// The few calls the commit protocol needs. Paths are relative to the
@@ -273,6 +275,7 @@ impl<F: PosixFs> Driver for PosixDriver<F> {
             size: st.size,
             modified: st.modified,
             links: Some(st.links),
+            file_id: Some(st.file_id),
         })
     }
 

@@ -574,6 +574,7 @@ impl PosixFs for Arc<SimDisk> {
                     size: inode.live.len() as u64,
                     modified: inode.modified.unwrap_or(SystemTime::UNIX_EPOCH),
                     links: inode.links,
+                    file_id: (0, *id),
                 })
             }
             None => {
@@ -713,5 +714,7 @@ fn dir_stat() -> FsStat {
         size: 0,
         modified: SystemTime::UNIX_EPOCH,
         links: 1,
+        // No file has this id (inode numbers count up from 0).
+        file_id: (0, u64::MAX),
     }
 }

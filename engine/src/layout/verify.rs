@@ -5,7 +5,11 @@
 //! blob is remembered:
 //!
 //! - on local drivers, by path, size and modification time, re-checked with
-//!   a (cheap) stat each time: a stub or a truncation changes them;
+//!   a (cheap) stat each time: a stub or a truncation changes them. The
+//!   stat also names the file (device, inode), and a stamp found under the
+//!   file holds for each of its names: the blobstore copy and every
+//!   repository's hard link are one file, hashed once (after a restart, a
+//!   digest held by ten repositories was hashed eleven times);
 //! - on object stores, where a stat is a billed round trip, what this
 //!   process wrote or verified, and has not removed since, is trusted
 //!   without one: the store is the only writer of its namespace, and every
@@ -29,7 +33,7 @@ const CACHE_LIMIT: usize = 100_000;
 
 #[derive(Debug)]
 pub(crate) struct Verifier {
-    verified: Mutex<HashMap<DriverPath, Stamp>>,
+    verified: Mutex<Cache>,
     /// Trust remembered entries without a stat (object stores).
     remote: bool,
 }
@@ -40,7 +44,25 @@ struct Stamp {
     size: u64,
     /// `None` for entries trusted without a stat (remote).
     modified: Option<SystemTime>,
+    /// `(device, inode)` on local drivers.
+    file: Option<(u64, u64)>,
     digest: Digest,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    by_path: HashMap<DriverPath, Stamp>,
+    /// Local drivers: the same stamps by file, for a file's other names.
+    by_file: HashMap<(u64, u64), Stamp>,
+}
+
+impl Cache {
+    fn vouches(&self, path: &DriverPath, stamp: &Stamp) -> bool {
+        self.by_path.get(path) == Some(stamp)
+            || stamp
+                .file
+                .is_some_and(|f| self.by_file.get(&f) == Some(stamp))
+    }
 }
 
 impl Verifier {
@@ -59,7 +81,7 @@ impl Verifier {
         digest: &Digest,
     ) -> StoreResult<Option<u64>> {
         if self.remote
-            && let Some(stamp) = self.verified.lock().unwrap().get(path)
+            && let Some(stamp) = self.verified.lock().unwrap().by_path.get(path)
             && &stamp.digest == digest
         {
             return Ok(Some(stamp.size));
@@ -72,9 +94,10 @@ impl Verifier {
         let stamp = Stamp {
             size: meta.size,
             modified: (!self.remote).then_some(meta.modified),
+            file: meta.file_id.filter(|_| !self.remote),
             digest: digest.clone(),
         };
-        if self.verified.lock().unwrap().get(path) == Some(&stamp) {
+        if self.verified.lock().unwrap().vouches(path, &stamp) {
             return Ok(Some(meta.size));
         }
         let mut hasher = DigestHasher::new(digest.algorithm());
@@ -110,16 +133,18 @@ impl Verifier {
         digest: &Digest,
         size: u64,
     ) -> StoreResult<()> {
-        let modified = if self.remote {
-            None
+        let (modified, file) = if self.remote {
+            (None, None)
         } else {
-            Some(d.stat(path).await?.modified)
+            let meta = d.stat(path).await?;
+            (Some(meta.modified), meta.file_id)
         };
         self.remember(
             path,
             Stamp {
                 size,
                 modified,
+                file,
                 digest: digest.clone(),
             },
         );
@@ -130,22 +155,27 @@ impl Verifier {
     /// for them (a hard link, the blobstore copy) may be the same bad inode,
     /// so none of them is vouched for any more.
     pub(crate) fn distrust(&self, digest: &Digest) {
-        self.verified
-            .lock()
-            .unwrap()
-            .retain(|_, stamp| &stamp.digest != digest);
+        let mut cache = self.verified.lock().unwrap();
+        cache.by_path.retain(|_, stamp| &stamp.digest != digest);
+        cache.by_file.retain(|_, stamp| &stamp.digest != digest);
     }
 
     fn remember(&self, path: &DriverPath, stamp: Stamp) {
-        let mut verified = self.verified.lock().unwrap();
-        if verified.len() >= CACHE_LIMIT {
-            verified.clear();
+        let mut cache = self.verified.lock().unwrap();
+        if cache.by_path.len() >= CACHE_LIMIT {
+            *cache = Cache::default();
         }
-        verified.insert(path.clone(), stamp);
+        if let Some(file) = stamp.file {
+            cache.by_file.insert(file, stamp.clone());
+        }
+        cache.by_path.insert(path.clone(), stamp);
     }
 
     pub(crate) fn forget(&self, path: &DriverPath) {
-        self.verified.lock().unwrap().remove(path);
+        let mut cache = self.verified.lock().unwrap();
+        if let Some(file) = cache.by_path.remove(path).and_then(|s| s.file) {
+            cache.by_file.remove(&file);
+        }
     }
 }
 
@@ -185,5 +215,69 @@ pub(crate) async fn read_verified(
             }
             Ok(Some(d.get(path, Some(range)).await?))
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::driver::{CallKind, Instrumented, PutMode, SimDisk, SimDriver};
+
+    /// A stamp found under a file holds for its other names (one hash for
+    /// the blobstore copy and every repository's link), and not after the
+    /// bytes of that digest failed somewhere.
+    #[tokio::test]
+    async fn one_hash_per_file_not_per_name() {
+        let driver = Instrumented::new(SimDriver::on(SimDisk::new()));
+        let verifier = Verifier::new(&driver);
+        let bytes = Bytes::from_static(b"layer");
+        let digest = Digest::sha256(&bytes);
+        let (copy, link, other) = (
+            DriverPath::new("_blobstore/x").unwrap(),
+            DriverPath::new("r/x").unwrap(),
+            DriverPath::new("s/x").unwrap(),
+        );
+        driver
+            .put(&copy, bytes.clone(), PutMode::IfAbsent)
+            .await
+            .unwrap();
+        driver.hard_link(&copy, &link).await.unwrap();
+        // Same bytes, another file.
+        driver.put(&other, bytes, PutMode::IfAbsent).await.unwrap();
+        let reads = || driver.counts().get(CallKind::Get);
+
+        assert_eq!(
+            verifier.check(&driver, &copy, &digest).await.unwrap(),
+            Some(5)
+        );
+        let after_first = reads();
+        assert!(after_first > 0, "the first check hashes");
+        assert_eq!(
+            verifier.check(&driver, &link, &digest).await.unwrap(),
+            Some(5)
+        );
+        assert_eq!(
+            reads(),
+            after_first,
+            "a hard link of a verified file is not hashed again"
+        );
+        assert_eq!(
+            verifier.check(&driver, &other, &digest).await.unwrap(),
+            Some(5)
+        );
+        assert!(
+            reads() > after_first,
+            "another file with the same bytes is hashed"
+        );
+
+        verifier.distrust(&digest);
+        let before = reads();
+        assert_eq!(
+            verifier.check(&driver, &link, &digest).await.unwrap(),
+            Some(5)
+        );
+        assert!(reads() > before, "distrusted: hashed again");
     }
 }
