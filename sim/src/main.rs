@@ -5,7 +5,8 @@
 //! This file only wires: `scenario` (what to run), `workload` (the
 //! clients), `faults` (the fault plan), `checker` (the invariants),
 //! `migration` (the legacy dataset and its conversion), `run` (one madsim
-//! runtime per configuration and seed), `report` (table, JSON, HTML).
+//! runtime per configuration and seed), `sweep` (runs side by side, results
+//! in plan order), `report` (table, JSON, HTML).
 //!
 //! Exit codes: 0 clean; 1 an invariant was violated or a run was not
 //! deterministic; 2 a bad scenario or option; 3 a run did not finish
