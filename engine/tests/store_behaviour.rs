@@ -562,7 +562,43 @@ behaviours!(
     mounts_and_ranges,
     referrers_filter_by_artifact_type,
     hidden_names_stay_hidden,
+    fsck_asks_once_per_digest,
 );
+
+/// fsck runs at rest, so it asks whether the repository holds a digest
+/// once, not once per manifest that references it: with manifests over the
+/// same three layers, its backend calls grow with the digests (two per
+/// manifest), not with the references (five per manifest).
+async fn fsck_asks_once_per_digest(h: &Harness) {
+    let s = &h.store;
+    let r = repo("fsck-cost");
+    let base = image(80, 3);
+    push_image(s, &r, &base, Some("base")).await;
+    let mut fsck_calls = Vec::new();
+    for round in 0..2u64 {
+        for i in 0..10 {
+            let img = image_with(
+                blob(2000 + round * 10 + i, 20),
+                base.layers.clone(),
+                None,
+                None,
+            );
+            push_image(s, &r, &img, Some(&format!("t{round}-{i}"))).await;
+        }
+        let before = s.metrics().calls;
+        assert!(s.fsck().await.unwrap().is_empty(), "{}", h.label);
+        fsck_calls.push(s.metrics().calls.since(&before).total());
+    }
+    let (first, more) = (fsck_calls[0], fsck_calls[1]);
+    // Per added manifest: two new digests (its config and itself), each
+    // checked, stat-ed for markers and counted for holders, and one read of
+    // the manifest. Asking per reference cost 9 to 16 per manifest here.
+    assert!(
+        more - first <= 10 * 7,
+        "{}: fsck went from {first} to {more} backend calls for 10 more manifests",
+        h.label
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_layout_policy_and_driver() {

@@ -10,7 +10,7 @@
 //! - 5: `_blobstore` is not a repository.
 //! - 6: no marker or stub stands in for a blob in the blobstore layout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Serialize;
@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::Store;
 use crate::digest::Digest;
 use crate::error::StoreResult;
-use crate::layout::{self, BLOBSTORE, LayoutKind, parse_blob_paths};
+use crate::layout::{self, BLOBSTORE, BlobLayout, LayoutKind, parse_blob_paths};
 use crate::oci::names::RepoName;
 
 /// What is wrong.
@@ -70,6 +70,35 @@ impl fmt::Display for Finding {
     }
 }
 
+/// Whether one repository holds each digest with valid bytes, asked of the
+/// layout once per digest. fsck runs at rest, so a second answer could not
+/// differ, and each is a backend call (a billed request on an object
+/// store); a layer most manifests share was asked once per manifest.
+struct Held<'a> {
+    layout: &'a dyn BlobLayout,
+    repo: &'a RepoName,
+    answers: HashMap<Digest, bool>,
+}
+
+impl<'a> Held<'a> {
+    fn new(layout: &'a dyn BlobLayout, repo: &'a RepoName) -> Held<'a> {
+        Held {
+            layout,
+            repo,
+            answers: HashMap::new(),
+        }
+    }
+
+    async fn valid(&mut self, d: &Digest) -> StoreResult<bool> {
+        if let Some(&valid) = self.answers.get(d) {
+            return Ok(valid);
+        }
+        let valid = self.layout.stat(self.repo, d).await?.is_some();
+        self.answers.insert(d.clone(), valid);
+        Ok(valid)
+    }
+}
+
 fn finding(
     kind: FindingKind,
     repo: Option<&RepoName>,
@@ -97,8 +126,9 @@ impl Store {
         // record without bytes is reported and not counted).
         let mut holders: BTreeMap<Digest, u64> = BTreeMap::new();
         for repo in &repos {
+            let mut held = Held::new(layout, repo);
             for d in layout.repo_digests(repo).await? {
-                if layout.stat(repo, &d).await?.is_some() {
+                if held.valid(&d).await? {
                     *holders.entry(d).or_default() += 1;
                 } else {
                     out.push(finding(
@@ -112,7 +142,7 @@ impl Store {
             let index = self.load_index(repo).await?;
             let rows: BTreeSet<&Digest> = index.manifests.iter().map(|r| &r.digest).collect();
             for row in &index.manifests {
-                if layout.stat(repo, &row.digest).await?.is_none() {
+                if !held.valid(&row.digest).await? {
                     out.push(finding(
                         FindingKind::MissingManifest,
                         Some(repo),
@@ -131,7 +161,7 @@ impl Store {
                     continue;
                 };
                 for blob in m.blobs() {
-                    if layout.stat(repo, &blob.digest).await?.is_none() {
+                    if !held.valid(&blob.digest).await? {
                         out.push(finding(
                             FindingKind::DanglingReference,
                             Some(repo),
