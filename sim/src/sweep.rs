@@ -97,7 +97,13 @@ impl Sweep {
                 while !cancelled.load(Ordering::Relaxed) {
                     let i = taken.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = plan.get(i) else { break };
-                    if tx.send((i, attempt(&scenario, *job))).is_err() {
+                    let outcome = attempt(&scenario, *job);
+                    // A run that panicked may leave this thread's simulator
+                    // state behind, so its thread runs nothing more. The
+                    // sweep reports that run when its turn comes and stops
+                    // there, before any run this thread would have taken.
+                    let panicked = outcome.is_err();
+                    if tx.send((i, outcome)).is_err() || panicked {
                         break;
                     }
                 }
