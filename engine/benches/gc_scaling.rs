@@ -4,7 +4,7 @@
 //!    deletes, so each iteration does the same work) over one repository of
 //!    1,000, 3,000 and 10,000 manifests over shared layers;
 //! 2. the first real pass (10% of the manifests untagged, so it removes
-//!    something) on fresh stores, median of five with the sizes taking
+//!    something) on fresh stores, median of seven with the sizes taking
 //!    turns, wall time (process CPU time beside it): the 10x ratio
 //!    (target: at most 12x for 10x the manifests under `striped`);
 //! 3. exclusive acquisitions of the blobstore lock during GC under
