@@ -8,6 +8,7 @@ use bytes::Bytes;
 use common::*;
 use engine::driver::{DriverPath, PutMode};
 use engine::oci::media;
+use engine::store::FindingKind;
 use engine::{Digest, ErrorCode, LayoutKind, Reference, StoreError};
 
 fn code(e: &StoreError) -> Option<ErrorCode> {
@@ -563,6 +564,7 @@ behaviours!(
     referrers_filter_by_artifact_type,
     hidden_names_stay_hidden,
     fsck_asks_once_per_digest,
+    fsck_names_a_shared_copy_nobody_holds,
 );
 
 /// fsck runs at rest, so it asks whether the repository holds a digest
@@ -598,6 +600,29 @@ async fn fsck_asks_once_per_digest(h: &Harness) {
         "{}: fsck went from {first} to {more} backend calls for 10 more manifests",
         h.label
     );
+}
+
+/// A blob deleted from the only repository that held it leaves its
+/// `_blobstore` copy for GC: fsck names it as an orphan (garbage, not an
+/// error), and only it. The legacy layout frees the bytes at once.
+async fn fsck_names_a_shared_copy_nobody_holds(h: &Harness) {
+    let s = &h.store;
+    let r = repo("orphans");
+    let (kept, kept_data) = blob(3100, 300);
+    let (gone, gone_data) = blob(3101, 300);
+    s.push_blob(&r, &kept, kept_data).await.unwrap();
+    s.push_blob(&r, &gone, gone_data).await.unwrap();
+    s.delete_blob(&r, &gone).await.unwrap();
+    let findings = s.fsck().await.unwrap();
+    let expected: Vec<(FindingKind, Option<String>)> = match h.store.config().layout {
+        LayoutKind::Blobstore => vec![(FindingKind::Orphan, Some(gone.to_string()))],
+        LayoutKind::Legacy => vec![],
+    };
+    let seen: Vec<_> = findings
+        .iter()
+        .map(|f| (f.kind, f.digest.clone()))
+        .collect();
+    assert_eq!(seen, expected, "{}: {findings:#?}", h.label);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

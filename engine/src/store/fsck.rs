@@ -186,18 +186,20 @@ impl Store {
             }
         }
 
-        let mut digests: BTreeSet<Digest> = holders.keys().cloned().collect();
-        if self.config().layout == LayoutKind::Blobstore {
-            let dir = layout::blobstore_dir();
-            let stored = self.driver().list(Some(&dir)).await?;
-            digests.extend(parse_blob_paths(&dir, &stored));
-        }
-        for d in &digests {
+        // Every `_blobstore` digest comes with its recorded count (the
+        // sweep's one scan on reference rows); a digest only repositories
+        // name is asked alone.
+        let stored: HashMap<Digest, u64> = layout.blobstore_holders().await?.into_iter().collect();
+        let digests: BTreeSet<&Digest> = holders.keys().chain(stored.keys()).collect();
+        for d in digests {
             let actual = holders.get(d).copied().unwrap_or(0);
             if self.config().layout == LayoutKind::Legacy && empty(d) {
                 continue; // the empty blob is never deduplicated, so never recorded
             }
-            let recorded = layout.recorded_holders(d).await?;
+            let recorded = match stored.get(d) {
+                Some(&n) => n,
+                None => layout.recorded_holders(d).await?,
+            };
             if recorded != actual {
                 out.push(finding(
                     FindingKind::ReferenceMismatch,
