@@ -18,6 +18,7 @@ mod faults;
 #[cfg(not(madsim))]
 mod launcher;
 mod migration;
+mod plan;
 mod report;
 mod rng;
 #[cfg(madsim)]
@@ -54,9 +55,10 @@ mod app {
     use engine::{LayoutKind, LockPolicy};
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
+    use crate::plan::Job;
     use crate::report::{self, RunResult};
     use crate::scenario::Scenario;
-    use crate::sweep::{self, Job, Sweep};
+    use crate::sweep::{self, Sweep};
 
     #[derive(Debug, Parser)]
     #[command(
