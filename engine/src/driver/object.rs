@@ -220,7 +220,7 @@ impl Driver for MemoryObjects {
             objects: self.objects.clone(),
             path: path.clone(),
             mode,
-            buf: BytesMut::new(),
+            buf: Buffered::One(Bytes::new()),
         }))
     }
 
@@ -269,22 +269,45 @@ struct MemoryWriter {
     objects: Arc<Mutex<ObjectMap>>,
     path: DriverPath,
     mode: PutMode,
-    buf: BytesMut,
+    buf: Buffered,
+}
+
+/// An object written in one chunk (a `put`) is kept as that chunk, not
+/// copied: an index.json rewrite of a large repository is megabytes.
+enum Buffered {
+    One(Bytes),
+    Many(BytesMut),
 }
 
 #[async_trait]
 impl BlobWriter for MemoryWriter {
     async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
-        self.buf.extend_from_slice(&chunk);
+        match &mut self.buf {
+            Buffered::One(first) if first.is_empty() => *first = chunk,
+            Buffered::One(first) => {
+                let mut all = BytesMut::with_capacity(first.len() + chunk.len());
+                all.extend_from_slice(first);
+                all.extend_from_slice(&chunk);
+                self.buf = Buffered::Many(all);
+            }
+            Buffered::Many(all) => all.extend_from_slice(&chunk),
+        }
         Ok(())
     }
 
     fn written(&self) -> u64 {
-        self.buf.len() as u64
+        match &self.buf {
+            Buffered::One(b) => b.len() as u64,
+            Buffered::Many(b) => b.len() as u64,
+        }
     }
 
     async fn commit(self: Box<Self>) -> DriverResult<()> {
-        commit(&self.objects, &self.path, self.buf.freeze(), self.mode)
+        let data = match self.buf {
+            Buffered::One(b) => b,
+            Buffered::Many(b) => b.freeze(),
+        };
+        commit(&self.objects, &self.path, data, self.mode)
     }
 
     async fn abort(self: Box<Self>) -> DriverResult<()> {

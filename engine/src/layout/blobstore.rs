@@ -30,7 +30,7 @@ use super::{
 use crate::digest::Digest;
 use crate::driver::{Driver, DriverPath};
 use crate::error::StoreResult;
-use crate::meta::{Batch, MetaStore, Table, scan_keys};
+use crate::meta::{Batch, MetaStore, Table, for_each_key, scan_keys};
 use crate::oci::names::RepoName;
 
 /// The blobstore layout on any driver.
@@ -238,12 +238,17 @@ impl BlobLayout for BlobstoreLayout {
             return Ok(parse_blob_paths(&dir, &paths));
         }
         let prefix = ref_key(b'r', &[repo.as_str()], &[]);
-        let keys = scan_keys(&*self.meta, Table::REFS, &prefix).await?;
-        Ok(keys
-            .iter()
-            .filter_map(|k| std::str::from_utf8(&k[prefix.len()..]).ok())
-            .filter_map(|d| Digest::parse(d).ok())
-            .collect())
+        let mut digests = Vec::new();
+        for_each_key(&*self.meta, Table::REFS, &prefix, |k| {
+            if let Some(d) = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|d| Digest::parse(d).ok())
+            {
+                digests.push(d);
+            }
+        })
+        .await?;
+        Ok(digests)
     }
 
     async fn blobstore_digests(&self) -> StoreResult<Vec<Digest>> {
@@ -289,24 +294,24 @@ impl BlobLayout for BlobstoreLayout {
         if self.local {
             return holders_each(self, digests).await;
         }
-        let rows = scan_keys(&*self.meta, Table::REFS, &[b'd', 0]).await?;
-        let mut counts: HashMap<&[u8], u64> = HashMap::with_capacity(digests.len());
-        for key in &rows {
+        let mut counts: HashMap<Digest, u64> = HashMap::with_capacity(digests.len());
+        for_each_key(&*self.meta, Table::REFS, &[b'd', 0], |key| {
             // `d \0 <alg>:<hex> \0 <repo>`
             let rest = &key[2..];
-            if let Some(end) = rest.iter().position(|&b| b == 0) {
-                *counts.entry(&rest[..end]).or_default() += 1;
+            if let Some(d) = rest
+                .iter()
+                .position(|&b| b == 0)
+                .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
+                .and_then(|d| Digest::parse(d).ok())
+            {
+                *counts.entry(d).or_default() += 1;
             }
-        }
-        let mut name = Vec::new();
+        })
+        .await?;
         Ok(digests
             .into_iter()
             .map(|d| {
-                name.clear();
-                digest_str(&d)
-                    .iter()
-                    .for_each(|p| name.extend_from_slice(p.as_bytes()));
-                let holders = counts.get(name.as_slice()).copied().unwrap_or(0);
+                let holders = counts.get(&d).copied().unwrap_or(0);
                 (d, holders)
             })
             .collect())
