@@ -22,7 +22,9 @@ const CHUNK: usize = 8 << 20;
 const MAX_DEPTH: usize = 8;
 
 fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
-    dir.join("blobs").join(d.algorithm().as_str()).join(d.hex())
+    dir.join("blobs")
+        .join(d.algorithm().as_str())
+        .join(&*d.hex())
 }
 
 fn bad_layout(dir: &Path, why: impl std::fmt::Display) -> CliError {

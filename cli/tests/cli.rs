@@ -52,7 +52,7 @@ impl Root {
 
 fn write_blob(dir: &Path, data: &[u8]) -> serde_json::Value {
     let d = Digest::sha256(data);
-    let p = dir.join("blobs/sha256").join(d.hex());
+    let p = dir.join("blobs/sha256").join(&*d.hex());
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(p, data).unwrap();
     json!({"digest": d.to_string(), "size": data.len()})
@@ -261,7 +261,10 @@ fn fsck_reports_corruption_and_bad_input_gets_clear_errors() {
 
     // Bit rot in the blobstore: fsck finds it and exits 1.
     let shared = Digest::sha256(&pattern(1, 300_000));
-    let victim = root.path.join("_blobstore/blobs/sha256").join(shared.hex());
+    let victim = root
+        .path
+        .join("_blobstore/blobs/sha256")
+        .join(&*shared.hex());
     let mut bytes = fs::read(&victim).unwrap();
     bytes[10] ^= 1;
     fs::write(&victim, bytes).unwrap();
@@ -270,7 +273,7 @@ fn fsck_reports_corruption_and_bad_input_gets_clear_errors() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
     assert!(
-        report["findings"].to_string().contains(shared.hex()),
+        report["findings"].to_string().contains(&*shared.hex()),
         "{report}"
     );
 }

@@ -76,15 +76,22 @@ pub enum DigestError {
 
 /// A validated, canonical content digest such as `sha256:e3b0c4…`.
 ///
-/// The hex is shared, not owned: GC, fsck and migration put tens of
-/// thousands of digests into sets and maps, and a clone is then a count,
-/// not an allocation. (Held inline, a digest made every descriptor and
-/// error twice as large; the count is cheaper.)
+/// Held as the hash's bytes, not as hex: GC, fsck and migration put tens of
+/// thousands of digests into sets and maps, and a sha256 digest then hashes
+/// and compares inside the set's own memory. (With the hex behind a pointer,
+/// each lookup in a set larger than the cache missed it once more to read
+/// the hex: `scripts/gc-instructions` counts the misses.) Bytes order as
+/// their hex does, so `Ord` is the order of the digest strings. sha512,
+/// rare, keeps its 64 bytes behind a shared pointer, so a digest is 40
+/// bytes, not 72.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Digest {
-    alg: Algorithm,
-    /// Lower-case hex, exactly `alg.hex_len()` characters.
-    hex: Arc<str>,
+pub struct Digest(Raw);
+
+/// Variant order is [`Algorithm`]'s, so a derived `Ord` sorts as the strings do.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Raw {
+    Sha256([u8; 32]),
+    Sha512(Arc<[u8; 64]>),
 }
 
 impl Digest {
@@ -112,16 +119,37 @@ impl Digest {
                 got: hex.len(),
             });
         }
-        let canonical = |c: char| matches!(c, '0'..='9' | 'a'..='f');
-        // Bytes first: a non-ASCII byte fails here and is then named as a char.
-        if !hex.bytes().all(|b| canonical(char::from(b))) {
+        // A table, not a match: a match on random hex digits mispredicts a
+        // branch every few characters, and GC parses hundreds of thousands.
+        const INVALID: u8 = 0xff;
+        const VALUE: [u8; 256] = {
+            let mut t = [INVALID; 256];
+            let mut i = 0;
+            while i < 10 {
+                t[b'0' as usize + i] = i as u8;
+                i += 1;
+            }
+            let mut i = 0;
+            while i < 6 {
+                t[b'a' as usize + i] = 10 + i as u8;
+                i += 1;
+            }
+            t
+        };
+        let mut raw = [0u8; 64];
+        let mut bad = 0u8;
+        for (out, pair) in raw.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            let (hi, lo) = (VALUE[usize::from(pair[0])], VALUE[usize::from(pair[1])]);
+            bad |= hi | lo;
+            *out = hi << 4 | (lo & 0xf);
+        }
+        if bad & 0xf0 != 0 {
+            // Name the offending character (a non-ASCII byte as its char).
+            let canonical = |c: char| matches!(c, '0'..='9' | 'a'..='f');
             let bad = hex.chars().find(|&c| !canonical(c)).unwrap_or('?');
             return Err(DigestError::BadHex(bad));
         }
-        Ok(Digest {
-            alg,
-            hex: hex.into(),
-        })
+        Ok(Digest::from_raw(alg, &raw[..alg.hex_len() / 2]))
     }
 
     /// The digest of `bytes` in one call (manifests, small bodies).
@@ -136,11 +164,73 @@ impl Digest {
     }
 
     pub fn algorithm(&self) -> Algorithm {
-        self.alg
+        match self.0 {
+            Raw::Sha256(_) => Algorithm::Sha256,
+            Raw::Sha512(_) => Algorithm::Sha512,
+        }
     }
 
-    pub fn hex(&self) -> &str {
-        &self.hex
+    /// The hash function's output.
+    pub fn raw(&self) -> &[u8] {
+        match &self.0 {
+            Raw::Sha256(b) => b,
+            Raw::Sha512(b) => &b[..],
+        }
+    }
+
+    /// Lower-case hex, `algorithm().hex_len()` characters (encoded on each
+    /// call: a digest holds its bytes).
+    pub fn hex(&self) -> Hex {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = Hex {
+            buf: [0; 128],
+            len: 0,
+        };
+        for (i, b) in self.raw().iter().enumerate() {
+            hex.buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            hex.buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        hex.len = 2 * self.raw().len();
+        hex
+    }
+
+    /// A hash function's output (its length is the algorithm's).
+    fn from_raw(alg: Algorithm, raw: &[u8]) -> Digest {
+        Digest(match alg {
+            Algorithm::Sha256 => Raw::Sha256(raw.try_into().expect("32 bytes")),
+            Algorithm::Sha512 => Raw::Sha512(Arc::new(raw.try_into().expect("64 bytes"))),
+        })
+    }
+}
+
+/// A digest's hex on the stack: a `&str` by deref (`&*d.hex()`).
+pub struct Hex {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl std::ops::Deref for Hex {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("hex digits are ASCII")
+    }
+}
+
+impl AsRef<str> for Hex {
+    fn as_ref(&self) -> &str {
+        self
+    }
+}
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl fmt::Debug for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -151,7 +241,7 @@ fn truncated(s: &str) -> String {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.alg, self.hex())
+        write!(f, "{}{}", self.algorithm().prefix(), self.hex())
     }
 }
 
@@ -233,22 +323,6 @@ impl fmt::Debug for DigestHasher {
     }
 }
 
-impl Digest {
-    /// Encodes a hash function's output.
-    fn from_raw(alg: Algorithm, raw: &[u8]) -> Digest {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let hex: Vec<u8> = raw
-            .iter()
-            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
-            .collect();
-        let hex = String::from_utf8(hex).expect("hex digits are ASCII");
-        Digest {
-            alg,
-            hex: hex.into(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +364,7 @@ mod tests {
             assert_eq!(&again, d);
             assert_eq!(state.hash_one(&again), state.hash_one(d));
             assert_eq!(again.hex().len(), d.algorithm().hex_len());
+            assert_eq!(Digest::from_hex(d.algorithm(), &d.hex()).unwrap(), again);
         }
         digests.dedup();
         assert_eq!(digests.len(), 400, "distinct inputs give distinct digests");

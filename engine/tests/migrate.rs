@@ -345,7 +345,7 @@ async fn data_lost_before_migration_is_reported_not_fatal() {
         report
             .problems
             .iter()
-            .any(|p| p.contains(base.layers[1].0.hex())),
+            .any(|p| p.contains(&*base.layers[1].0.hex())),
         "{report:?}"
     );
     assert_eq!(count_markers(&disk), 0);

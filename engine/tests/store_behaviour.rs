@@ -398,7 +398,7 @@ async fn dedupe_shares_one_copy_and_survives_deletes(h: &Harness) {
     } else {
         let mut full_copies = 0;
         for p in d.list(None).await.unwrap() {
-            if p.as_str().ends_with(layer.hex())
+            if p.as_str().ends_with(&*layer.hex())
                 && d.stat(&p).await.unwrap().size == data.len() as u64
             {
                 full_copies += 1;

@@ -62,17 +62,12 @@ fn ref_key(tag: u8, first: &[&str], second: &[&str]) -> Vec<u8> {
     key
 }
 
-/// A digest's string in two parts, `<alg>:` and `<hex>`.
-fn digest_str(d: &Digest) -> [&str; 2] {
-    [d.algorithm().prefix(), d.hex()]
-}
-
 pub(crate) fn ref_by_digest(d: &Digest, repo: &RepoName) -> Vec<u8> {
-    ref_key(b'd', &digest_str(d), &[repo.as_str()])
+    ref_key(b'd', &[d.algorithm().prefix(), &d.hex()], &[repo.as_str()])
 }
 
 pub(crate) fn ref_by_repo(repo: &RepoName, d: &Digest) -> Vec<u8> {
-    ref_key(b'r', &[repo.as_str()], &digest_str(d))
+    ref_key(b'r', &[repo.as_str()], &[d.algorithm().prefix(), &d.hex()])
 }
 
 impl BlobstoreLayout {
@@ -325,7 +320,7 @@ impl BlobLayout for BlobstoreLayout {
                 Err(e) => Err(e.into()),
             };
         }
-        let prefix = ref_key(b'd', &digest_str(digest), &[]);
+        let prefix = ref_key(b'd', &[digest.algorithm().prefix(), &digest.hex()], &[]);
         Ok(scan_keys(&*self.meta, Table::REFS, &prefix).await?.len() as u64)
     }
 }

@@ -97,7 +97,7 @@ pub fn repo_blob(repo: &RepoName, d: &Digest) -> DriverPath {
         "/blobs/",
         d.algorithm().as_str(),
         "/",
-        d.hex(),
+        &d.hex(),
     ])
 }
 
@@ -106,7 +106,7 @@ pub fn repo_blobs_dir(repo: &RepoName) -> DriverPath {
 }
 
 pub fn blobstore_blob(d: &Digest) -> DriverPath {
-    path(&[BLOBSTORE, "/blobs/", d.algorithm().as_str(), "/", d.hex()])
+    path(&[BLOBSTORE, "/blobs/", d.algorithm().as_str(), "/", &d.hex()])
 }
 
 pub fn blobstore_dir() -> DriverPath {
