@@ -29,6 +29,8 @@
 
 mod reach;
 
+use reach::Edges;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -40,9 +42,9 @@ use crate::error::{StoreError, StoreResult};
 use crate::layout::{self, LayoutKind};
 use crate::lock::{Domain, Intent, Mode};
 use crate::meta::{Batch, Table};
-use crate::oci::manifest::{Descriptor, Manifest};
+use crate::oci::index_rows::{IndexRow, IndexRows};
 use crate::oci::names::RepoName;
-use crate::store::Store;
+use crate::store::{Store, corrupt_index};
 use crate::sync::Instant;
 
 /// How a pass behaves.
@@ -109,8 +111,8 @@ impl GcReport {
     }
 }
 
-/// An index row with its manifest (`None`: bytes gone or unparsable).
-type ParsedRow<'a> = (&'a Descriptor, Option<Arc<Manifest>>);
+/// An index row with its manifest's edges (`None`: bytes gone or unparsable).
+type ParsedRow<'a, R> = (&'a R, Option<Arc<Edges>>);
 
 /// What one repository keeps, and the generation it was computed at.
 struct Analysis {
@@ -230,22 +232,24 @@ impl Store {
         Ok(self.meta().commit(batch).await?)
     }
 
-    /// Rows of `repo` with their parsed manifests (each read and parsed
-    /// once, however many rows name it).
-    async fn parsed_rows<'a>(
+    /// Rows of `repo` with their manifests' edges (each manifest read and
+    /// parsed once, however many rows name it).
+    async fn parsed_rows<'a, R: IndexRow>(
         &self,
         repo: &RepoName,
-        rows: &'a [Descriptor],
-    ) -> StoreResult<Vec<ParsedRow<'a>>> {
-        let mut parsed: HashMap<&Digest, Option<Arc<Manifest>>> =
-            HashMap::with_capacity(rows.len());
+        rows: &'a [R],
+    ) -> StoreResult<Vec<ParsedRow<'a, R>>> {
+        let mut parsed: HashMap<&Digest, Option<Arc<Edges>>> = HashMap::with_capacity(rows.len());
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let manifest = match parsed.get(&row.digest) {
+            let manifest = match parsed.get(row.digest()) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = self.parse_stored(repo, row).await?.map(Arc::new);
-                    parsed.insert(&row.digest, m.clone());
+                    let m = self
+                        .parse_stored(repo, row)
+                        .await?
+                        .map(|m| Arc::new(Edges::from(&m)));
+                    parsed.insert(row.digest(), m.clone());
                     m
                 }
             };
@@ -256,14 +260,14 @@ impl Store {
 
     /// Adds to `keep` every blob the given rows keep: the rows' manifests
     /// and what those reference.
-    fn keep_rows<'r, 'a: 'r>(
+    fn keep_rows<'r, 'a: 'r, R: IndexRow + 'a>(
         keep: &mut HashSet<Digest>,
-        rows: impl IntoIterator<Item = &'r ParsedRow<'a>>,
+        rows: impl IntoIterator<Item = &'r ParsedRow<'a, R>>,
     ) {
         for (row, m) in rows {
-            keep.insert(row.digest.clone());
+            keep.insert(row.digest().clone());
             if let Some(m) = m {
-                keep.extend(m.blobs().into_iter().map(|b| b.digest.clone()));
+                keep.extend(m.blobs().iter().cloned());
             }
         }
     }
@@ -276,32 +280,33 @@ impl Store {
         report: &mut GcReport,
         seen: &mut Vec<Vec<u8>>,
     ) -> StoreResult<Option<(Analysis, Vec<Digest>)>> {
-        let mut index = match self.load_index(repo).await {
-            Ok(index) => index,
+        let body = match self.read_index(repo).await {
+            Ok(body) => body,
             Err(StoreError::NameUnknown { .. }) => return Ok(None), // gone meanwhile
             Err(e) => return Err(e),
         };
-        let rows = self.parsed_rows(repo, &index.manifests).await?;
+        let index = IndexRows::parse(&body).map_err(|e| corrupt_index(repo, e))?;
+        let rows = self.parsed_rows(repo, index.rows()).await?;
         let reached = reach::reach(&rows);
         let mut drop_rows = HashSet::new();
         for (row, _) in &rows {
-            if !reached.manifests.contains(&row.digest)
-                && !drop_rows.contains(&row.digest)
+            let digest = row.digest();
+            if !reached.manifests.contains(digest)
+                && !drop_rows.contains(digest)
                 && self
-                    .aged(repo.as_str(), &format!("m:{}", row.digest), opts, seen)
+                    .aged(repo.as_str(), &format!("m:{digest}"), opts, seen)
                     .await?
             {
-                drop_rows.insert(row.digest.clone());
+                drop_rows.insert(digest.clone());
             }
         }
-        // What stays is known before index.json changes (the rows borrow
-        // it): what `reach` found, and the rows kept only because they are
-        // younger than the delay, with what they reference.
+        // What stays: what `reach` found, and the rows kept only because
+        // they are younger than the delay, with what they reference.
         let mut keep = reached.blobs;
         Store::keep_rows(
             &mut keep,
             rows.iter().filter(|(row, _)| {
-                !reached.manifests.contains(&row.digest) && !drop_rows.contains(&row.digest)
+                !reached.manifests.contains(row.digest()) && !drop_rows.contains(row.digest())
             }),
         );
         drop(rows);
@@ -310,10 +315,9 @@ impl Store {
                 report.add(GcKind::Manifest, Some(repo), Some(d), 0);
             }
             if !opts.dry_run {
-                index
-                    .manifests
-                    .retain(|row| !drop_rows.contains(&row.digest));
-                self.save_index(repo, &index).await?;
+                // The kept rows are written back as they were read.
+                let pruned = index.without(|row| drop_rows.contains(row.digest()));
+                self.write_index(repo, pruned).await?;
             }
         }
         let mut candidates = Vec::new();
@@ -353,8 +357,9 @@ impl Store {
             let _guard = self.lock(Intent::blob_remove(repo, &d)).await;
             if self.generation(repo) != analysis.generation {
                 // A manifest changed since the analysis: recompute what is kept.
-                let index = self.load_index(repo).await?;
-                let rows = self.parsed_rows(repo, &index.manifests).await?;
+                let body = self.read_index(repo).await?;
+                let index = IndexRows::parse(&body).map_err(|e| corrupt_index(repo, e))?;
+                let rows = self.parsed_rows(repo, index.rows()).await?;
                 let mut keep = HashSet::new();
                 Store::keep_rows(&mut keep, &rows);
                 analysis = Analysis {

@@ -1,5 +1,5 @@
 //! What a repository keeps: a pure function of its index rows and their
-//! parsed manifests, computed once per pass in O(manifests + edges).
+//! manifests' edges, computed once per pass in O(manifests + edges).
 //!
 //! Kept, transitively:
 //! - every tagged row (a root);
@@ -15,7 +15,39 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::digest::Digest;
-use crate::oci::manifest::{Descriptor, Manifest, media};
+use crate::oci::index_rows::IndexRow;
+use crate::oci::manifest::{Manifest, media};
+
+/// What reachability needs of a manifest: the digests it points at.
+/// A pass holds one per manifest of the repository, so it keeps these and
+/// drops the parsed manifest at once: a parsed image manifest is about 1 KB
+/// of descriptors and strings, its edges about 200 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Edges {
+    /// The manifest it refers to (OCI 1.1 `subject`).
+    subject: Option<Digest>,
+    /// Config and layers of an image manifest.
+    blobs: Box<[Digest]>,
+    /// Manifests an index lists.
+    children: Box<[Digest]>,
+}
+
+impl Edges {
+    /// Blobs a kept manifest keeps.
+    pub(crate) fn blobs(&self) -> &[Digest] {
+        &self.blobs
+    }
+}
+
+impl From<&Manifest> for Edges {
+    fn from(m: &Manifest) -> Edges {
+        Edges {
+            subject: m.subject.as_ref().map(|s| s.digest.clone()),
+            blobs: m.blobs().into_iter().map(|b| b.digest.clone()).collect(),
+            children: m.children().iter().map(|c| c.digest.clone()).collect(),
+        }
+    }
+}
 
 /// The outcome of a reachability pass over one repository.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -26,43 +58,37 @@ pub(crate) struct Reach {
     pub(crate) blobs: HashSet<Digest>,
 }
 
-/// `rows` with each row's parsed manifest (`None`: bytes gone or unparsable).
+/// `rows` with each row's manifest (`None`: bytes gone or unparsable).
 pub(crate) fn reach<R, M>(rows: &[(R, Option<M>)]) -> Reach
 where
-    R: Borrow<Descriptor>,
-    M: Borrow<Manifest>,
+    R: IndexRow,
+    M: Borrow<Edges>,
 {
-    let rows = rows.iter().map(|(row, m)| (row.borrow(), m.as_ref()));
-    let parsed: HashMap<&Digest, &Manifest> = rows
+    let rows = rows.iter().map(|(row, m)| (row, m.as_ref()));
+    let parsed: HashMap<&Digest, &Edges> = rows
         .clone()
-        .filter(|(row, _)| media::MANIFESTS.contains(&row.media_type.as_str()))
-        .filter_map(|(row, m)| m.map(|m| (&row.digest, m.borrow())))
+        .filter(|(row, _)| media::MANIFESTS.contains(&row.media_type()))
+        .filter_map(|(row, m)| m.map(|m| (row.digest(), m.borrow())))
         .collect();
     let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
     for (digest, m) in &parsed {
         if let Some(subject) = &m.subject {
-            referrers.entry(&subject.digest).or_default().push(digest);
+            referrers.entry(subject).or_default().push(digest);
         }
     }
     let mut out = Reach::default();
     let mut queue: VecDeque<&Digest> = rows
-        .filter(|(row, _)| row.tag().is_some() && parsed.contains_key(&row.digest))
-        .map(|(row, _)| &row.digest)
+        .filter(|(row, _)| row.tag().is_some() && parsed.contains_key(row.digest()))
+        .map(|(row, _)| row.digest())
         .collect();
     while let Some(d) = queue.pop_front() {
         if !out.manifests.insert(d.clone()) {
             continue;
         }
         if let Some(m) = parsed.get(d) {
-            out.blobs
-                .extend(m.blobs().into_iter().map(|b| b.digest.clone()));
+            out.blobs.extend(m.blobs.iter().cloned());
             // Children an index lists are kept only if the repository has them.
-            queue.extend(
-                m.children()
-                    .iter()
-                    .map(|c| &c.digest)
-                    .filter(|c| parsed.contains_key(c)),
-            );
+            queue.extend(m.children.iter().filter(|c| parsed.contains_key(c)));
         }
         if let Some(rs) = referrers.get(d) {
             queue.extend(rs.iter().copied());
@@ -77,7 +103,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::oci::manifest::{ManifestKind, REF_NAME};
+    use crate::oci::manifest::{Descriptor, ManifestKind, REF_NAME};
 
     fn d(s: &str) -> Digest {
         Digest::sha256(s.as_bytes())
@@ -163,6 +189,10 @@ mod tests {
             (desc("application/x-unknown", "weird", Some("odd")), None),
             (desc(media::OCI_MANIFEST, "lost", Some("lost")), None),
         ];
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(row, m)| (row, m.as_ref().map(Edges::from)))
+            .collect();
         let r = reach(&rows);
         let kept: HashSet<Digest> = ["idx", "amd", "arm", "sig", "sig-of-sig"]
             .iter()

@@ -50,7 +50,7 @@ pub struct Descriptor {
     pub platform: Option<serde_json::Value>,
 }
 
-mod digest_serde {
+pub(crate) mod digest_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::digest::Digest;

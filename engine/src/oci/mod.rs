@@ -1,5 +1,6 @@
 //! The OCI side of the store: names, references, manifests, descriptors.
 
+pub(crate) mod index_rows;
 pub mod manifest;
 pub mod names;
 

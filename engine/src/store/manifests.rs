@@ -14,6 +14,7 @@ use super::Store;
 use crate::digest::Digest;
 use crate::error::{StoreError, StoreResult};
 use crate::lock::Intent;
+use crate::oci::index_rows::IndexRow;
 use crate::oci::manifest::{Descriptor, ImageIndex, Manifest, REF_NAME, media};
 use crate::oci::names::{Reference, RepoName};
 
@@ -267,12 +268,12 @@ impl Store {
     pub(crate) async fn parse_stored(
         &self,
         repo: &RepoName,
-        row: &Descriptor,
+        row: &impl IndexRow,
     ) -> StoreResult<Option<Manifest>> {
-        let Some(body) = self.layout().read(repo, &row.digest, None).await? else {
+        let Some(body) = self.layout().read(repo, row.digest(), None).await? else {
             return Ok(None);
         };
-        Ok(Manifest::parse(&row.media_type, &body).ok())
+        Ok(Manifest::parse(row.media_type(), &body).ok())
     }
 
     /// Every blob an image manifest of the repository references: computed

@@ -261,9 +261,14 @@ impl Store {
     // --- index.json -------------------------------------------------------
 
     pub(crate) async fn load_index(&self, repo: &RepoName) -> StoreResult<ImageIndex> {
+        let body = self.read_index(repo).await?;
+        serde_json::from_slice(&body).map_err(|e| corrupt_index(repo, e))
+    }
+
+    /// index.json's bytes (`NameUnknown` if the repository has none).
+    pub(crate) async fn read_index(&self, repo: &RepoName) -> StoreResult<Bytes> {
         match self.driver().get(&layout::index_json(repo), None).await {
-            Ok(body) => serde_json::from_slice(&body)
-                .map_err(|e| StoreError::Corrupt(format!("{repo}/index.json: {e}"))),
+            Ok(body) => Ok(body),
             Err(e) if e.is_not_found() => Err(StoreError::NameUnknown {
                 repo: repo.to_string(),
             }),
@@ -273,6 +278,12 @@ impl Store {
 
     /// Replaces index.json atomically (the driver's commit protocol).
     pub(crate) async fn save_index(&self, repo: &RepoName, index: &ImageIndex) -> StoreResult<()> {
+        let body = serde_json::to_vec(index).expect("index serialises");
+        self.write_index(repo, body).await
+    }
+
+    /// Replaces index.json with `body`, a serialised [`ImageIndex`].
+    pub(crate) async fn write_index(&self, repo: &RepoName, body: Vec<u8>) -> StoreResult<()> {
         *self
             .inner
             .generations
@@ -280,7 +291,6 @@ impl Store {
             .unwrap()
             .entry(repo.clone())
             .or_default() += 1;
-        let body = serde_json::to_vec(index).expect("index serialises");
         Ok(self
             .driver()
             .put(
@@ -290,4 +300,8 @@ impl Store {
             )
             .await?)
     }
+}
+
+pub(crate) fn corrupt_index(repo: &RepoName, e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(format!("{repo}/index.json: {e}"))
 }
