@@ -8,7 +8,7 @@
 //! Two backings for the lab: memory, and a directory (objects as files, made
 //! crash-safe by the `fs` driver's commit protocol underneath).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,7 +130,37 @@ pub struct MemoryObjects {
     objects: Arc<Mutex<ObjectMap>>,
 }
 
-type ObjectMap = BTreeMap<DriverPath, StoredObject>;
+/// Objects by path, hashed for the point operations (get, stat, put,
+/// delete) and ordered for listings: found in a B-tree alone, a path is
+/// compared with a stored path at every step down, each a cache miss once
+/// the store outgrows the cache (GC reads one object per manifest).
+#[derive(Debug, Default)]
+struct ObjectMap {
+    hashed: HashMap<DriverPath, StoredObject>,
+    ordered: BTreeSet<DriverPath>,
+}
+
+impl ObjectMap {
+    fn get(&self, path: &DriverPath) -> Option<&StoredObject> {
+        self.hashed.get(path)
+    }
+
+    fn contains_key(&self, path: &DriverPath) -> bool {
+        self.hashed.contains_key(path)
+    }
+
+    fn insert(&mut self, path: DriverPath, object: StoredObject) {
+        if self.hashed.insert(path.clone(), object).is_none() {
+            self.ordered.insert(path);
+        }
+    }
+
+    fn remove(&mut self, path: &DriverPath) {
+        if self.hashed.remove(path).is_some() {
+            self.ordered.remove(path);
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct StoredObject {
@@ -176,12 +206,13 @@ impl MemoryObjects {
         use std::ops::Bound;
         let start = prefix.map_or(String::new(), |p| format!("{p}/"));
         let skip = start.len();
-        // Keys below a prefix are contiguous in the ordered map: start there
+        // Keys below a prefix are contiguous in the ordered set: start there
         // instead of scanning every object.
         objects
+            .ordered
             .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
-            .take_while(move |(k, _)| k.as_str().starts_with(&start))
-            .map(move |(k, _)| (k, &k.as_str()[skip..]))
+            .take_while(move |k| k.as_str().starts_with(&start))
+            .map(move |k| (k, &k.as_str()[skip..]))
     }
 }
 

@@ -6,7 +6,8 @@
 //! node, and [`MemoryMeta::power_off`] makes every call fail until
 //! [`MemoryMeta::power_on`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -32,10 +33,38 @@ pub struct MemoryMeta {
 
 #[derive(Debug, Default)]
 struct State {
-    tables: BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>,
+    tables: BTreeMap<Table, Rows>,
     powered_off: bool,
     faults: MetaFaults,
     commits_since_power_on: u64,
+}
+
+/// One table, ordered for scans and hashed for point reads. Found in the
+/// B-tree alone, a key is compared with a stored key at every step down,
+/// each one a cache miss once the table outgrows the cache (GC reads one
+/// row per manifest of a repository); the hash finds it in one slot.
+/// Keys and values are shared by the two maps, not copied.
+#[derive(Debug, Default)]
+struct Rows {
+    ordered: BTreeMap<Arc<[u8]>, Arc<[u8]>>,
+    hashed: HashMap<Arc<[u8]>, Arc<[u8]>>,
+}
+
+impl Rows {
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.hashed.get(key).map(|v| &**v)
+    }
+
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        let (key, value): (Arc<[u8]>, Arc<[u8]>) = (key.into(), value.into());
+        self.ordered.insert(key.clone(), value.clone());
+        self.hashed.insert(key, value);
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        self.ordered.remove(key);
+        self.hashed.remove(key);
+    }
 }
 
 impl State {
@@ -88,7 +117,14 @@ impl MemoryMeta {
 
     /// Every entry of every table, for checkers comparing states.
     pub fn dump(&self) -> BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>> {
-        self.state.lock().unwrap().tables.clone()
+        let st = self.state.lock().unwrap();
+        st.tables
+            .iter()
+            .map(|(table, rows)| {
+                let rows = rows.ordered.iter().map(|(k, v)| (k.to_vec(), v.to_vec()));
+                (*table, rows.collect())
+            })
+            .collect()
     }
 }
 
@@ -98,7 +134,11 @@ impl MetaStore for MemoryMeta {
         self.machine_tick()?;
         let st = self.state.lock().unwrap();
         st.enter()?;
-        Ok(st.tables.get(&table).and_then(|t| t.get(key)).cloned())
+        Ok(st
+            .tables
+            .get(&table)
+            .and_then(|t| t.get(key))
+            .map(<[u8]>::to_vec))
     }
 
     async fn scan(
@@ -120,11 +160,13 @@ impl MetaStore for MemoryMeta {
             Some(a) if a > prefix => a,
             _ => prefix,
         };
-        Ok(t.range(start.to_vec()..)
+        use std::ops::Bound;
+        Ok(t.ordered
+            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(k, _)| in_scan(k, prefix, after))
             .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect())
     }
 
@@ -143,7 +185,7 @@ impl MetaStore for MemoryMeta {
         }
         for c in &batch.conditions {
             let current = st.tables.get(&c.table).and_then(|t| t.get(&c.key));
-            if current != c.expected.as_ref() {
+            if current != c.expected.as_deref() {
                 return Err(MetaError::Conflict {
                     table: c.table,
                     key: c.key.clone(),
