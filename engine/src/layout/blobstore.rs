@@ -15,7 +15,6 @@
 //! repository's link or rows. A crash between leaves an unreferenced blob
 //! for GC to sweep, never a reference without bytes.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -289,27 +288,35 @@ impl BlobLayout for BlobstoreLayout {
         if self.local {
             return holders_each(self, digests).await;
         }
-        let mut counts: HashMap<Digest, u64> = HashMap::with_capacity(digests.len());
+        // Both sides in digest order (`<alg>:<hex>` sorts as `Digest` does,
+        // and a scan returns keys in order), so counting is one merge, with
+        // no table to look each row up in. A count too low could only make
+        // a candidate, which `sweep` re-checks under the digest's lock.
+        let mut holders: Vec<(Digest, u64)> = digests.into_iter().map(|d| (d, 0)).collect();
+        holders.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut at = 0;
         for_each_key(&*self.meta, Table::REFS, &[b'd', 0], |key| {
             // `d \0 <alg>:<hex> \0 <repo>`
             let rest = &key[2..];
-            if let Some(d) = rest
+            let Some(d) = rest
                 .iter()
                 .position(|&b| b == 0)
                 .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
                 .and_then(|d| Digest::parse(d).ok())
+            else {
+                return;
+            };
+            while holders.get(at).is_some_and(|(h, _)| *h < d) {
+                at += 1;
+            }
+            if let Some((h, n)) = holders.get_mut(at)
+                && *h == d
             {
-                *counts.entry(d).or_default() += 1;
+                *n += 1;
             }
         })
         .await?;
-        Ok(digests
-            .into_iter()
-            .map(|d| {
-                let holders = counts.get(&d).copied().unwrap_or(0);
-                (d, holders)
-            })
-            .collect())
+        Ok(holders)
     }
 
     async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64> {
@@ -367,6 +374,28 @@ mod tests {
             let mut expected = vec![(twice.0, 2), (once.0, 1), (orphan.0, 0)];
             expected.sort();
             assert_eq!(bulk, expected, "local: {}", layout.local);
+
+            // Many digests, in no order of holders: the count is a merge of
+            // two sorted sequences, so held and unheld ones interleave.
+            for i in 0..40u32 {
+                let bytes = Bytes::from(i.to_le_bytes().to_vec());
+                let d = Digest::sha256(&bytes);
+                for repo in [&a, &b].into_iter().take((i % 3) as usize) {
+                    layout.ingest_bytes(repo, &d, bytes.clone()).await.unwrap();
+                }
+                if i % 3 == 0 {
+                    layout.ingest_bytes(&a, &d, bytes.clone()).await.unwrap();
+                    layout.remove(&a, &d).await.unwrap();
+                }
+            }
+            let mut bulk = layout.blobstore_holders().await.unwrap();
+            let mut each = holders_each(&layout, layout.blobstore_digests().await.unwrap())
+                .await
+                .unwrap();
+            bulk.sort();
+            each.sort();
+            assert_eq!(bulk.len(), 43);
+            assert_eq!(bulk, each, "local: {}", layout.local);
         }
     }
 }
