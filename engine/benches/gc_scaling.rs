@@ -6,7 +6,12 @@
 //! 2. the first real pass (10% of the manifests untagged, so it removes
 //!    something) on fresh stores, median of seven with the sizes taking
 //!    turns, wall time (process CPU time beside it): the 10x ratio
-//!    (target: at most 12x for 10x the manifests under `striped`);
+//!    (target: at most 12x for 10x the manifests under `striped`). Each
+//!    size is measured twice per repeat, on two fresh stores: warm (the
+//!    pass right after the build, which leaves a small store in the CPU
+//!    cache and a large one mostly out of it) and cold (64 MiB of other
+//!    memory touched between build and pass, as for a pass that runs long
+//!    after the pushes), so the ratio is also given from equal footing;
 //! 3. exclusive acquisitions of the blobstore lock during GC under
 //!    `striped` (target: 0);
 //! 4. push latency in other repositories with and without a GC running on
@@ -35,6 +40,35 @@ use engine::{LockPolicy, Reference, RepoName, Store};
 use serde_json::json;
 
 const REPEATS: usize = 7;
+
+/// Whether the store's data may still be in the CPU cache when the pass starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    /// The pass right after the build.
+    Warm,
+    /// 64 MiB of other memory touched between build and pass (more than
+    /// this machine's L2 per core, many times over).
+    Cold,
+}
+
+impl Cache {
+    fn name(self) -> &'static str {
+        match self {
+            Cache::Warm => "warm",
+            Cache::Cold => "cold",
+        }
+    }
+
+    fn prepare(self) {
+        if self == Cache::Cold {
+            let mut other = vec![0u8; 64 << 20];
+            for (i, b) in other.iter_mut().enumerate().step_by(64) {
+                *b = i as u8;
+            }
+            std::hint::black_box(&other);
+        }
+    }
+}
 
 fn sizes() -> &'static [usize] {
     if common::quick() {
@@ -120,58 +154,87 @@ fn main() {
          the sizes take turns, so a burst of load on this shared machine lands on all of them:"
     );
     let mut passes = Vec::new();
-    let mut striped_ms = Vec::new();
-    let mut striped_cpu = Vec::new();
+    // Striped's medians per size, for each cache state.
+    struct Striped {
+        cache: Cache,
+        ms: Vec<(usize, f64)>,
+        cpu_ms: Vec<f64>,
+    }
+    let mut striped = Vec::new();
     for policy in POLICIES {
-        // runs[size] = (wall ms, process CPU ms) per repeat
-        let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); sizes().len()];
-        let mut exclusive = vec![0; sizes().len()];
-        let mut removed = vec![0; sizes().len()];
-        for _ in 0..REPEATS {
-            for (i, &n) in sizes().iter().enumerate() {
-                let store = rt.block_on(common::gc_fixture::build(n, Duration::ZERO, policy));
-                let (started, cpu) = (Instant::now(), process_cpu());
-                let report = rt.block_on(store.gc(NOW)).unwrap();
-                runs[i].push((
-                    started.elapsed().as_secs_f64() * 1e3,
-                    (process_cpu() - cpu).as_secs_f64() * 1e3,
-                ));
-                exclusive[i] = exclusive[i].max(report.blobstore_exclusive_acquisitions);
-                removed[i] = report.count(engine::gc::GcKind::Manifest);
-                if policy == LockPolicy::Striped {
-                    assert_eq!(report.blobstore_exclusive_acquisitions, 0);
+        for cache in [Cache::Warm, Cache::Cold] {
+            // runs[size] = (wall ms, process CPU ms) per repeat
+            let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new(); sizes().len()];
+            let mut exclusive = vec![0; sizes().len()];
+            let mut removed = vec![0; sizes().len()];
+            for _ in 0..REPEATS {
+                for (i, &n) in sizes().iter().enumerate() {
+                    let store = rt.block_on(common::gc_fixture::build(n, Duration::ZERO, policy));
+                    cache.prepare();
+                    let (started, cpu) = (Instant::now(), process_cpu());
+                    let report = rt.block_on(store.gc(NOW)).unwrap();
+                    runs[i].push((
+                        started.elapsed().as_secs_f64() * 1e3,
+                        (process_cpu() - cpu).as_secs_f64() * 1e3,
+                    ));
+                    exclusive[i] = exclusive[i].max(report.blobstore_exclusive_acquisitions);
+                    removed[i] = report.count(engine::gc::GcKind::Manifest);
+                    if policy == LockPolicy::Striped {
+                        assert_eq!(report.blobstore_exclusive_acquisitions, 0);
+                    }
                 }
             }
-        }
-        for (i, &n) in sizes().iter().enumerate() {
-            let wall: Vec<f64> = runs[i].iter().map(|r| r.0).collect();
-            let pass_ms = median(wall.clone());
-            let cpu_ms = median(runs[i].iter().map(|r| r.1).collect());
-            println!(
-                "  {policy:<8} {n:>6} manifests: {pass_ms:>8.1} ms (runs {wall:.1?}; process CPU {cpu_ms:.1} ms), \
-                 removed {} manifests, {} blobstore-exclusive acquisitions",
-                removed[i], exclusive[i]
-            );
-            if policy == LockPolicy::Striped {
-                striped_ms.push((n, pass_ms));
-                striped_cpu.push(cpu_ms);
+            let mut medians = Vec::new();
+            let mut cpus = Vec::new();
+            for (i, &n) in sizes().iter().enumerate() {
+                let wall: Vec<f64> = runs[i].iter().map(|r| r.0).collect();
+                let pass_ms = median(wall.clone());
+                let cpu_ms = median(runs[i].iter().map(|r| r.1).collect());
+                println!(
+                    "  {policy:<8} {:<4} {n:>6} manifests: {pass_ms:>8.1} ms (runs {wall:.1?}; process CPU {cpu_ms:.1} ms), \
+                     removed {} manifests, {} blobstore-exclusive acquisitions",
+                    cache.name(),
+                    removed[i],
+                    exclusive[i]
+                );
+                medians.push((n, pass_ms));
+                cpus.push(cpu_ms);
+                passes.push(json!({"policy": policy.to_string(), "cache": cache.name(), "manifests": n,
+                    "pass_ms": pass_ms, "runs_ms": wall, "cpu_ms": cpu_ms, "removed_manifests": removed[i],
+                    "blobstore_exclusive": exclusive[i]}));
             }
-            passes.push(json!({"policy": policy.to_string(), "manifests": n, "pass_ms": pass_ms, "runs_ms": wall,
-                "cpu_ms": cpu_ms, "removed_manifests": removed[i], "blobstore_exclusive": exclusive[i]}));
+            if policy == LockPolicy::Striped {
+                striped.push(Striped {
+                    cache,
+                    ms: medians,
+                    cpu_ms: cpus,
+                });
+            }
         }
     }
-    let (first, last) = (striped_ms[0], striped_ms[striped_ms.len() - 1]);
-    let ratio = last.1 / first.1;
-    let cpu_ratio = striped_cpu[striped_cpu.len() - 1] / striped_cpu[0];
-    println!(
-        "  striped: {}x the manifests took {ratio:.1}x the time (target <= {}x); process CPU {cpu_ratio:.1}x\n",
-        last.0 / first.0,
-        (last.0 / first.0) as f64 * 1.2
-    );
+    let ratio_of = |cache: Cache| {
+        let Striped {
+            ms, cpu_ms: cpu, ..
+        } = striped.iter().find(|s| s.cache == cache).expect("measured");
+        let (first, last) = (ms[0], ms[ms.len() - 1]);
+        let ratio = last.1 / first.1;
+        let cpu_ratio = cpu[cpu.len() - 1] / cpu[0];
+        println!(
+            "  striped, {}: {}x the manifests took {ratio:.1}x the time (target <= {}x); process CPU {cpu_ratio:.1}x",
+            cache.name(),
+            last.0 / first.0,
+            (last.0 / first.0) as f64 * 1.2
+        );
+        (first.0, last.0, ratio, cpu_ratio)
+    };
+    let (first, last, ratio, cpu_ratio) = ratio_of(Cache::Warm);
+    let (_, _, cold_ratio, cold_cpu_ratio) = ratio_of(Cache::Cold);
+    println!();
     let pushes = rt.block_on(pushes_during_gc());
     common::write_results(
         "gc_scaling",
-        &json!({"passes": passes, "ratio": ratio, "cpu_ratio": cpu_ratio, "ratio_of": [first.0, last.0], "pushes": pushes}),
+        &json!({"passes": passes, "ratio": ratio, "cpu_ratio": cpu_ratio, "cold_ratio": cold_ratio,
+            "cold_cpu_ratio": cold_cpu_ratio, "ratio_of": [first, last], "pushes": pushes}),
     );
 }
 
