@@ -21,6 +21,7 @@ pub mod digest;
 pub mod driver;
 pub mod error;
 pub mod gc;
+mod indexed_map;
 pub mod layout;
 pub mod lock;
 pub mod meta;

@@ -8,7 +8,6 @@
 //! Two backings for the lab: memory, and a directory (objects as files, made
 //! crash-safe by the `fs` driver's commit protocol underneath).
 
-use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use super::{
     BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, FsDriver, Listing,
     ObjectMeta, PutMode, check_range,
 };
+use crate::indexed_map::IndexedMap;
 use crate::sync::unmodeled::Mutex;
 
 /// A driver with object-store semantics over one of two backings.
@@ -130,37 +130,9 @@ pub struct MemoryObjects {
     objects: Arc<Mutex<ObjectMap>>,
 }
 
-/// Objects by path, hashed for the point operations (get, stat, put,
-/// delete) and ordered for listings: found in a B-tree alone, a path is
-/// compared with a stored path at every step down, each a cache miss once
-/// the store outgrows the cache (GC reads one object per manifest).
-#[derive(Debug, Default)]
-struct ObjectMap {
-    hashed: HashMap<DriverPath, StoredObject>,
-    ordered: BTreeSet<DriverPath>,
-}
-
-impl ObjectMap {
-    fn get(&self, path: &DriverPath) -> Option<&StoredObject> {
-        self.hashed.get(path)
-    }
-
-    fn contains_key(&self, path: &DriverPath) -> bool {
-        self.hashed.contains_key(path)
-    }
-
-    fn insert(&mut self, path: DriverPath, object: StoredObject) {
-        if self.hashed.insert(path.clone(), object).is_none() {
-            self.ordered.insert(path);
-        }
-    }
-
-    fn remove(&mut self, path: &DriverPath) {
-        if self.hashed.remove(path).is_some() {
-            self.ordered.remove(path);
-        }
-    }
-}
+/// Objects by path: hashed for get, stat, put and delete, ordered for
+/// listings ([`IndexedMap`]).
+type ObjectMap = IndexedMap<DriverPath, StoredObject>;
 
 #[derive(Debug, Clone)]
 struct StoredObject {
@@ -206,13 +178,12 @@ impl MemoryObjects {
         use std::ops::Bound;
         let start = prefix.map_or(String::new(), |p| format!("{p}/"));
         let skip = start.len();
-        // Keys below a prefix are contiguous in the ordered set: start there
+        // Keys below a prefix are contiguous in key order: start there
         // instead of scanning every object.
         objects
-            .ordered
             .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
-            .take_while(move |k| k.as_str().starts_with(&start))
-            .map(move |k| (k, &k.as_str()[skip..]))
+            .take_while(move |(k, _)| k.as_str().starts_with(&start))
+            .map(move |(k, _)| (k, &k.as_str()[skip..]))
     }
 }
 

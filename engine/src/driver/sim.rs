@@ -15,7 +15,7 @@
 //! The disk lives outside the simulated node, so it outlives a killed
 //! engine; [`SimDisk::crash`] is the power cut.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 use std::ops::Range;
@@ -27,6 +27,7 @@ use bytes::Bytes;
 
 use super::DriverError;
 use super::posix::{FsStat, PosixDriver, PosixFs};
+use crate::indexed_map::IndexedMap;
 use crate::sync::unmodeled::Mutex;
 
 /// `sim` driver: the same [`PosixDriver`] as `fs`, over a [`SimDisk`].
@@ -84,7 +85,9 @@ struct DiskState {
     inodes: BTreeMap<u64, Inode>,
     next_inode: u64,
     /// Namespace as running programs see it. The root `""` is implicit.
-    live: Names,
+    /// Hashed as well as ordered: nearly every operation starts with a
+    /// lookup by name (in the B-tree alone, the simulator's top `memcmp`).
+    live: IndexedMap<String, Entry>,
     /// Namespace as a crash would leave it.
     durable: BTreeMap<String, Entry>,
     /// Bumped by every crash: handles from before it are dead.
@@ -103,47 +106,6 @@ struct DiskState {
     /// Bytes of file data reachable by a live name or an open handle (what
     /// `capacity` limits; space is freed at unlink, as on a real disk).
     used: u64,
-}
-
-/// The live namespace: ordered for listings, hashed for the lookup by name
-/// that nearly every operation starts with. (In the B-tree alone each was
-/// a chain of path comparisons: the simulator's top `memcmp`.)
-#[derive(Debug, Default)]
-struct Names {
-    ordered: BTreeMap<String, Entry>,
-    hashed: HashMap<String, Entry>,
-}
-
-impl Names {
-    fn get(&self, path: &str) -> Option<&Entry> {
-        self.hashed.get(path)
-    }
-
-    fn contains_key(&self, path: &str) -> bool {
-        self.hashed.contains_key(path)
-    }
-
-    fn insert(&mut self, path: String, entry: Entry) -> Option<Entry> {
-        self.ordered.insert(path.clone(), entry);
-        self.hashed.insert(path, entry)
-    }
-
-    fn remove(&mut self, path: &str) -> Option<Entry> {
-        self.ordered.remove(path);
-        self.hashed.remove(path)
-    }
-
-    /// Names from `from` on, in order.
-    fn range(&self, from: String) -> std::collections::btree_map::Range<'_, String, Entry> {
-        self.ordered.range(from..)
-    }
-}
-
-impl From<BTreeMap<String, Entry>> for Names {
-    fn from(ordered: BTreeMap<String, Entry>) -> Names {
-        let hashed = ordered.iter().map(|(k, e)| (k.clone(), *e)).collect();
-        Names { ordered, hashed }
-    }
 }
 
 /// The crash payload carried inside `io::Error` so the driver reports
@@ -320,7 +282,7 @@ impl DiskState {
         self.is_dir(path)
             && !self
                 .live
-                .range(prefix.clone())
+                .range::<String, _>(prefix.clone()..)
                 .next()
                 .is_some_and(|(k, _)| k.starts_with(&prefix))
     }
@@ -400,7 +362,7 @@ impl DiskState {
             }
         }
         self.durable = live.clone();
-        self.live = live.into();
+        self.live = live.into_iter().collect();
         self.dirty.clear();
         self.inodes.retain(|_, inode| inode.links > 0);
         self.used = self.inodes.values().map(|i| i.live.len() as u64).sum(); // all linked now
@@ -720,7 +682,7 @@ impl PosixFs for Arc<SimDisk> {
             };
             Ok(st
                 .live
-                .range(prefix.clone())
+                .range::<String, _>(prefix.clone()..)
                 .take_while(|(k, _)| k.starts_with(&prefix))
                 .filter(|(k, _)| !k[prefix.len()..].contains('/'))
                 .map(|(k, e)| (k[prefix.len()..].to_owned(), *e == Entry::Dir))

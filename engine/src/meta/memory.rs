@@ -6,12 +6,13 @@
 //! node, and [`MemoryMeta::power_off`] makes every call fail until
 //! [`MemoryMeta::power_on`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::{Batch, Entry, MetaError, MetaResult, MetaStore, Table, Write, in_scan};
+use crate::indexed_map::IndexedMap;
 use crate::sync::unmodeled::Mutex;
 
 /// Faults to inject, all off by default.
@@ -39,33 +40,9 @@ struct State {
     commits_since_power_on: u64,
 }
 
-/// One table, ordered for scans and hashed for point reads. Found in the
-/// B-tree alone, a key is compared with a stored key at every step down,
-/// each one a cache miss once the table outgrows the cache (GC reads one
-/// row per manifest of a repository); the hash finds it in one slot.
-/// Keys and values are shared by the two maps, not copied.
-#[derive(Debug, Default)]
-struct Rows {
-    ordered: BTreeMap<Arc<[u8]>, Arc<[u8]>>,
-    hashed: HashMap<Arc<[u8]>, Arc<[u8]>>,
-}
-
-impl Rows {
-    fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.hashed.get(key).map(|v| &**v)
-    }
-
-    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        let (key, value): (Arc<[u8]>, Arc<[u8]>) = (key.into(), value.into());
-        self.ordered.insert(key.clone(), value.clone());
-        self.hashed.insert(key, value);
-    }
-
-    fn remove(&mut self, key: &[u8]) {
-        self.ordered.remove(key);
-        self.hashed.remove(key);
-    }
-}
+/// One table: hashed for point reads, ordered for scans ([`IndexedMap`]).
+/// Keys and values are shared pointers, so the two maps share them.
+type Rows = IndexedMap<Arc<[u8]>, Arc<[u8]>>;
 
 impl State {
     fn enter(&self) -> MetaResult<()> {
@@ -121,7 +98,7 @@ impl MemoryMeta {
         st.tables
             .iter()
             .map(|(table, rows)| {
-                let rows = rows.ordered.iter().map(|(k, v)| (k.to_vec(), v.to_vec()));
+                let rows = rows.iter().map(|(k, v)| (k.to_vec(), v.to_vec()));
                 (*table, rows.collect())
             })
             .collect()
@@ -138,7 +115,7 @@ impl MetaStore for MemoryMeta {
             .tables
             .get(&table)
             .and_then(|t| t.get(key))
-            .map(<[u8]>::to_vec))
+            .map(|v| v.to_vec()))
     }
 
     async fn scan(
@@ -161,13 +138,14 @@ impl MetaStore for MemoryMeta {
             _ => prefix,
         };
         use std::ops::Bound;
-        Ok(t.ordered
-            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(k, _)| in_scan(k, prefix, after))
-            .take(limit)
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect())
+        Ok(
+            t.range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .filter(|(k, _)| in_scan(k, prefix, after))
+                .take(limit)
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect(),
+        )
     }
 
     async fn commit(&self, batch: Batch) -> MetaResult<()> {
@@ -184,8 +162,8 @@ impl MetaStore for MemoryMeta {
             return Err(MetaError::Crashed);
         }
         for c in &batch.conditions {
-            let current = st.tables.get(&c.table).and_then(|t| t.get(&c.key));
-            if current != c.expected.as_deref() {
+            let current = st.tables.get(&c.table).and_then(|t| t.get(&c.key[..]));
+            if current.map(|v| &v[..]) != c.expected.as_deref() {
                 return Err(MetaError::Conflict {
                     table: c.table,
                     key: c.key.clone(),
@@ -195,11 +173,14 @@ impl MetaStore for MemoryMeta {
         for w in batch.writes {
             match w {
                 Write::Put { table, key, value } => {
-                    st.tables.entry(table).or_default().insert(key, value);
+                    st.tables
+                        .entry(table)
+                        .or_default()
+                        .insert(key.into(), value.into());
                 }
                 Write::Delete { table, key } => {
                     if let Some(t) = st.tables.get_mut(&table) {
-                        t.remove(&key);
+                        t.remove(&key[..]);
                     }
                 }
             }
