@@ -69,6 +69,11 @@ pub(crate) fn ref_by_repo(repo: &RepoName, d: &Digest) -> Vec<u8> {
     ref_key(b'r', &[repo.as_str()], &[d.algorithm().prefix(), &d.hex()])
 }
 
+/// The digest a reference key spells (`<alg>:<hex>`), if it is one.
+fn digest_in(part: &[u8]) -> Option<Digest> {
+    Digest::parse(std::str::from_utf8(part).ok()?).ok()
+}
+
 impl BlobstoreLayout {
     pub fn new(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>) -> BlobstoreLayout {
         let local = driver.capabilities().hard_links;
@@ -234,12 +239,7 @@ impl BlobLayout for BlobstoreLayout {
         let prefix = ref_key(b'r', &[repo.as_str()], &[]);
         let mut digests = Vec::new();
         for_each_key(&*self.meta, Table::REFS, &prefix, |k| {
-            if let Some(d) = std::str::from_utf8(&k[prefix.len()..])
-                .ok()
-                .and_then(|d| Digest::parse(d).ok())
-            {
-                digests.push(d);
-            }
+            digests.extend(digest_in(&k[prefix.len()..]));
         })
         .await?;
         Ok(digests)
@@ -301,8 +301,7 @@ impl BlobLayout for BlobstoreLayout {
             let Some(d) = rest
                 .iter()
                 .position(|&b| b == 0)
-                .and_then(|end| std::str::from_utf8(&rest[..end]).ok())
-                .and_then(|d| Digest::parse(d).ok())
+                .and_then(|end| digest_in(&rest[..end]))
             else {
                 return;
             };
@@ -364,12 +363,17 @@ mod tests {
             }
             layout.remove(&a, &orphan.0).await.unwrap();
 
-            let mut bulk = layout.blobstore_holders().await.unwrap();
-            let mut each = holders_each(&layout, layout.blobstore_digests().await.unwrap())
-                .await
-                .unwrap();
-            bulk.sort();
-            each.sort();
+            // (one scan, one digest at a time), both sorted
+            let counts = async || {
+                let mut bulk = layout.blobstore_holders().await.unwrap();
+                let mut each = holders_each(&layout, layout.blobstore_digests().await.unwrap())
+                    .await
+                    .unwrap();
+                bulk.sort();
+                each.sort();
+                (bulk, each)
+            };
+            let (bulk, each) = counts().await;
             assert_eq!(bulk, each, "local: {}", layout.local);
             let mut expected = vec![(twice.0, 2), (once.0, 1), (orphan.0, 0)];
             expected.sort();
@@ -388,12 +392,7 @@ mod tests {
                     layout.remove(&a, &d).await.unwrap();
                 }
             }
-            let mut bulk = layout.blobstore_holders().await.unwrap();
-            let mut each = holders_each(&layout, layout.blobstore_digests().await.unwrap())
-                .await
-                .unwrap();
-            bulk.sort();
-            each.sort();
+            let (bulk, each) = counts().await;
             assert_eq!(bulk.len(), 43);
             assert_eq!(bulk, each, "local: {}", layout.local);
         }
