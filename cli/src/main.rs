@@ -418,7 +418,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Gc { delay, dry_run } => {
             let store = root::open(&cli.root).await?;
-            let report = store.gc(engine::gc::GcOptions { delay, dry_run }).await?;
+            let report = store
+                .gc(engine::gc::GcOptions {
+                    dry_run,
+                    ..engine::gc::GcOptions::new(delay)
+                })
+                .await?;
             print(json, serde_json::to_value(&report).expect("json"), || {
                 use engine::gc::GcKind::*;
                 let verb = if dry_run { "would remove" } else { "removed" };

@@ -119,10 +119,7 @@ async fn pushes(store: &Store, tag: &str, count: u64) -> Vec<Duration> {
     out
 }
 
-const NOW: GcOptions = GcOptions {
-    delay: Duration::ZERO,
-    dry_run: false,
-};
+const NOW: GcOptions = GcOptions::new(Duration::ZERO);
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -137,10 +134,7 @@ fn main() {
         group.throughput(Throughput::Elements(n as u64));
         for policy in POLICIES {
             let store = rt.block_on(common::gc_fixture::build(n, Duration::ZERO, policy));
-            let dry = GcOptions {
-                dry_run: true,
-                ..NOW
-            };
+            let dry = NOW.dry_run();
             group.bench_with_input(BenchmarkId::new(policy.to_string(), n), &n, |b, _| {
                 b.iter(|| rt.block_on(store.gc(dry)).unwrap())
             });
@@ -255,10 +249,7 @@ async fn pushes_during_gc() -> serde_json::Value {
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(3) {
                 store
-                    .gc(GcOptions {
-                        delay: Duration::from_secs(3600),
-                        dry_run: false,
-                    })
+                    .gc(GcOptions::new(Duration::from_secs(3600)))
                     .await
                     .unwrap();
                 passes += 1;

@@ -41,10 +41,7 @@ fn main() -> ExitCode {
         Duration::ZERO,
         LockPolicy::Striped,
     ));
-    let now = GcOptions {
-        delay: Duration::ZERO,
-        dry_run: false,
-    };
+    let now = GcOptions::new(Duration::ZERO);
     for pass in 0..passes {
         let report = rt.block_on(store.gc(now)).expect("gc");
         println!(

@@ -14,14 +14,8 @@ use engine::oci::media;
 use engine::store::FindingKind;
 use engine::{ErrorCode, LayoutKind, LockPolicy, Reference};
 
-const NOW: GcOptions = GcOptions {
-    delay: Duration::ZERO,
-    dry_run: false,
-};
-const HOUR: GcOptions = GcOptions {
-    delay: Duration::from_secs(3600),
-    dry_run: false,
-};
+const NOW: GcOptions = GcOptions::new(Duration::ZERO);
+const HOUR: GcOptions = GcOptions::new(Duration::from_secs(3600));
 
 fn digest_ref(img: &Image) -> Reference {
     Reference::Digest(img.digest.clone())
@@ -53,10 +47,7 @@ async fn a_delay_keeps_everything_then_lets_go(h: &Harness) {
     s.get_manifest(&r, &digest_ref(&old)).await.unwrap();
     s.stat_blob(&r, &orphan).await.unwrap();
     // Marked on the first sight; once older than the delay, gone.
-    let short = GcOptions {
-        delay: Duration::from_millis(30),
-        dry_run: false,
-    };
+    let short = GcOptions::new(Duration::from_millis(30));
     assert!(
         s.gc(short).await.unwrap().items.is_empty(),
         "{}: removed on first sight",
@@ -98,10 +89,7 @@ async fn a_young_manifest_keeps_an_old_garbage_blob(h: &Harness) {
     let img = image(41, 1);
     let (layer, data) = &img.layers[0];
     s.push_blob(&r, layer, data.clone()).await.unwrap();
-    let short = GcOptions {
-        delay: Duration::from_millis(30),
-        dry_run: false,
-    };
+    let short = GcOptions::new(Duration::from_millis(30));
     s.gc(short).await.unwrap(); // marks the layer as garbage
     tokio::time::sleep(Duration::from_millis(60)).await;
     push_image(s, &r, &img, None).await; // untagged: garbage from now on
@@ -235,13 +223,7 @@ async fn dry_run_changes_nothing_and_predicts_the_real_run(h: &Harness) {
     let index_path = DriverPath::new("dry/index.json").unwrap();
     let before = s.driver().get(&index_path, None).await.unwrap();
     let objects_before = s.driver().list(None).await.unwrap();
-    let dry = s
-        .gc(GcOptions {
-            delay: Duration::ZERO,
-            dry_run: true,
-        })
-        .await
-        .unwrap();
+    let dry = s.gc(NOW.dry_run()).await.unwrap();
     assert!(dry.dry_run && !dry.items.is_empty());
     assert_eq!(
         s.driver().get(&index_path, None).await.unwrap(),
@@ -323,7 +305,7 @@ async fn unknown_media_type_rows_are_pruned_shared_config_survives(h: &Harness) 
     assert_spotless(h).await;
 }
 
-async fn stale_uploads_go_only_past_the_delay(h: &Harness) {
+async fn stale_uploads_go_only_past_the_delay_and_idle_limit(h: &Harness) {
     let s = &h.store;
     let r = repo("uploads");
     push_image(s, &r, &image(50, 1), Some("v")).await;
@@ -339,12 +321,17 @@ async fn stale_uploads_go_only_past_the_delay(h: &Harness) {
         .unwrap();
     assert_eq!(s.gc(HOUR).await.unwrap().count(GcKind::Upload), 0);
     s.upload_status(&id).unwrap();
-    assert_eq!(s.gc(NOW).await.unwrap().count(GcKind::Upload), 2);
+    // Delay 0 takes the leftover; the session, idle for less than the
+    // upload timeout, is live.
+    assert_eq!(s.gc(NOW).await.unwrap().count(GcKind::Upload), 1);
+    assert!(s.driver().stat(&leftover).await.unwrap_err().is_not_found());
+    s.upload_status(&id).unwrap();
+    let abandoned = NOW.upload_timeout(Duration::ZERO);
+    assert_eq!(s.gc(abandoned).await.unwrap().count(GcKind::Upload), 1);
     assert_eq!(
         code(s.upload_status(&id)),
         Some(ErrorCode::BlobUploadUnknown)
     );
-    assert!(s.driver().stat(&leftover).await.unwrap_err().is_not_found());
 }
 
 async fn an_emptied_repository_disappears(h: &Harness) {
@@ -434,7 +421,7 @@ gc_cases!(
     nested_index_dag_is_kept,
     dry_run_changes_nothing_and_predicts_the_real_run,
     unknown_media_type_rows_are_pruned_shared_config_survives,
-    stale_uploads_go_only_past_the_delay,
+    stale_uploads_go_only_past_the_delay_and_idle_limit,
     an_emptied_repository_disappears,
     a_pass_reads_each_manifest_once,
 );
@@ -590,4 +577,391 @@ async fn gc_races_pushes_every_policy() {
             }
         }
     }
+}
+
+/// The delay of the cases below: long enough that "touch, then a pass at
+/// once" stays well inside it on a loaded machine.
+const DELAY: GcOptions = GcOptions::new(Duration::from_millis(1000));
+
+/// Longer than [`DELAY`]: a mark set before this sleep is past the delay after it.
+const PAST_DELAY: Duration = Duration::from_millis(1200);
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "non-string panic".to_owned()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Runs `case` on every layout x policy x driver at once, so the cases'
+/// sleeps overlap; fails with the panic of each failing combination.
+async fn on_every_config<F, Fut>(case: F)
+where
+    F: Fn(LayoutKind, LockPolicy, Backend) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let configs = all_configs();
+    let total = configs.len();
+    let mut set = tokio::task::JoinSet::new();
+    for (layout, policy, backend) in configs {
+        set.spawn(case(layout, policy, backend));
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        if let Err(e) = joined {
+            failures.push(panic_message(e));
+        }
+    }
+    failures.sort();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} configurations failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Pushing a blob again is a touch: its age restarts, whatever GC marked
+/// before. A client that pushes an image's blobs again (each push
+/// acknowledged) and then its manifest must not find them gone, though a
+/// pass saw them as garbage more than `delay` ago.
+async fn a_repush_restarts_the_clock(h: &Harness) {
+    let s = &h.store;
+    let r = repo("repush");
+    let img = image(80, 2);
+    let blobs = || std::iter::once(&img.config).chain(&img.layers);
+    for (d, data) in blobs() {
+        s.push_blob(&r, d, data.clone()).await.unwrap();
+    }
+    s.gc(DELAY).await.unwrap();
+    tokio::time::sleep(PAST_DELAY).await;
+    for (d, data) in blobs() {
+        s.push_blob(&r, d, data.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: second push of {d} refused: {e}", h.label));
+    }
+    let report = s.gc(DELAY).await.unwrap();
+    if let Err(e) = s
+        .put_manifest(&r, &tag("v"), media::OCI_MANIFEST, img.manifest.clone())
+        .await
+    {
+        panic!(
+            "{}: manifest over blobs pushed again just before the pass refused: {e} (the pass removed {:?})",
+            h.label, report.items
+        );
+    }
+    for (d, _) in blobs() {
+        s.stat_blob(&r, d)
+            .await
+            .unwrap_or_else(|e| panic!("{}: blob {d} pushed again before the pass: {e}", h.label));
+    }
+}
+
+/// Putting a manifest again by digest is a touch: an untagged manifest a
+/// client puts again (acknowledged) restarts its age, so a pass right
+/// after keeps it, however long ago GC first marked it.
+async fn a_manifest_reput_by_digest_restarts_the_clock(h: &Harness) {
+    let s = &h.store;
+    let r = repo("reput");
+    let img = image(81, 2);
+    push_image(s, &r, &img, None).await;
+    s.gc(DELAY).await.unwrap();
+    tokio::time::sleep(PAST_DELAY).await;
+    s.put_manifest(
+        &r,
+        &digest_ref(&img),
+        media::OCI_MANIFEST,
+        img.manifest.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: second put by digest refused: {e}", h.label));
+    let report = s.gc(DELAY).await.unwrap();
+    if let Err(e) = s.get_manifest(&r, &digest_ref(&img)).await {
+        panic!(
+            "{}: manifest put again by digest just before the pass is gone: {e} (the pass removed {:?})",
+            h.label, report.items
+        );
+    }
+    for (d, _) in std::iter::once(&img.config).chain(&img.layers) {
+        s.stat_blob(&r, d)
+            .await
+            .unwrap_or_else(|e| panic!("{}: blob {d} of the manifest put again: {e}", h.label));
+    }
+}
+
+/// A young manifest keeps what it references, manifests included: an
+/// index pushed just before a pass keeps the children it lists, even a
+/// child GC marked as garbage more than `delay` ago, so the index never
+/// dangles.
+async fn a_young_index_keeps_its_children(h: &Harness) {
+    let s = &h.store;
+    let r = repo("young-index");
+    let child = image(82, 1);
+    push_image(s, &r, &child, None).await;
+    s.gc(DELAY).await.unwrap();
+    tokio::time::sleep(PAST_DELAY).await;
+    let (index, body) = index_of(&[&child]);
+    s.put_manifest(
+        &r,
+        &Reference::Digest(index.clone()),
+        media::OCI_INDEX,
+        body,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: index over a marked child refused: {e}", h.label));
+    let report = s.gc(DELAY).await.unwrap();
+    if let Err(e) = s.get_manifest(&r, &digest_ref(&child)).await {
+        panic!(
+            "{}: child of an index pushed just before the pass is gone: {e} (the pass removed {:?})",
+            h.label, report.items
+        );
+    }
+    s.get_manifest(&r, &Reference::Digest(index))
+        .await
+        .unwrap_or_else(|e| panic!("{}: index pushed just before the pass: {e}", h.label));
+    let findings = s.fsck().await.unwrap();
+    assert!(
+        findings.is_empty(),
+        "{}: fsck after the pass: {findings:#?}",
+        h.label
+    );
+}
+
+/// A young subject keeps its referrers: a signature pushed long ago for a
+/// manifest that a client has just put again stays with it, even though
+/// GC marked both as garbage more than `delay` ago.
+async fn a_young_subject_keeps_its_referrers(h: &Harness) {
+    let s = &h.store;
+    let r = repo("young-subject");
+    let subject = image(88, 1);
+    push_image(s, &r, &subject, None).await;
+    let signature = image_with(
+        blob(89, 64),
+        vec![blob(90, 128)],
+        Some(&subject.digest),
+        Some("application/vnd.example.signature"),
+    );
+    push_image(s, &r, &signature, None).await;
+    s.gc(DELAY).await.unwrap();
+    tokio::time::sleep(PAST_DELAY).await;
+    s.put_manifest(
+        &r,
+        &digest_ref(&subject),
+        media::OCI_MANIFEST,
+        subject.manifest.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: second put of the subject refused: {e}", h.label));
+    let report = s.gc(DELAY).await.unwrap();
+    if let Err(e) = s.get_manifest(&r, &digest_ref(&signature)).await {
+        panic!(
+            "{}: referrer of a subject put just before the pass is gone: {e} (the pass removed {:?})",
+            h.label, report.items
+        );
+    }
+    for (d, _) in std::iter::once(&signature.config).chain(&signature.layers) {
+        s.stat_blob(&r, d)
+            .await
+            .unwrap_or_else(|e| panic!("{}: blob {d} of the kept referrer: {e}", h.label));
+    }
+    let referrers = s.referrers(&r, &subject.digest, None).await.unwrap();
+    assert_eq!(referrers.len(), 1, "{}: referrers after the pass", h.label);
+}
+
+/// A mount is a touch too: a blob a repository held as garbage, mounted
+/// into it again from another repository (acknowledged), restarts its age.
+async fn a_mount_restarts_the_clock(h: &Harness) {
+    let s = &h.store;
+    let (r, from) = (repo("mount-target"), repo("mount-source"));
+    let (d, data) = blob(91, 3000);
+    s.push_blob(&r, &d, data.clone()).await.unwrap();
+    s.push_blob(&from, &d, data).await.unwrap();
+    s.gc(DELAY).await.unwrap();
+    tokio::time::sleep(PAST_DELAY).await;
+    let mounted = s.mount_blob(&from, &r, &d).await;
+    assert!(
+        matches!(mounted, Ok(true)),
+        "{}: mount refused: {mounted:?}",
+        h.label
+    );
+    let report = s.gc(DELAY).await.unwrap();
+    if let Err(e) = s.stat_blob(&r, &d).await {
+        panic!(
+            "{}: blob mounted just before the pass is gone: {e} (the pass removed {:?})",
+            h.label, report.items
+        );
+    }
+}
+
+/// An upload session ages from its last chunk, not from its start: a
+/// client streaming a blob slowly is not idle while chunks keep arriving,
+/// so a pass right after a chunk leaves it to finish.
+async fn a_session_ages_from_its_last_chunk(h: &Harness) {
+    let s = &h.store;
+    let r = repo("slow-upload");
+    let (d, data) = blob(83, 4000);
+    let id = s.start_upload(&r).await.unwrap();
+    s.upload_chunk(&id, None, data.slice(..2000)).await.unwrap();
+    tokio::time::sleep(PAST_DELAY).await;
+    s.upload_chunk(&id, None, data.slice(2000..))
+        .await
+        .unwrap_or_else(|e| panic!("{}: second chunk refused: {e}", h.label));
+    let report = s.gc(DELAY).await.unwrap();
+    if let Err(e) = s.finish_upload(&id, &d, None).await {
+        panic!(
+            "{}: session with a chunk just before the pass cannot finish: {e} (the pass removed {:?})",
+            h.label, report.items
+        );
+    }
+    s.stat_blob(&r, &d)
+        .await
+        .unwrap_or_else(|e| panic!("{}: finished upload: {e}", h.label));
+}
+
+/// Delay 0 removes unreferenced content at once, but a session that just
+/// received a chunk is a push in progress, not content: even a pass with
+/// delay 0 leaves it, and the client finishes.
+async fn delay_zero_keeps_a_session_with_a_fresh_chunk(h: &Harness) {
+    let s = &h.store;
+    let r = repo("fresh-upload");
+    push_image(s, &r, &image(84, 1), Some("v")).await;
+    let (d, data) = blob(85, 3000);
+    let id = s.start_upload(&r).await.unwrap();
+    s.upload_chunk(&id, None, data).await.unwrap();
+    let report = s.gc(NOW).await.unwrap();
+    if let Err(e) = s.finish_upload(&id, &d, None).await {
+        panic!(
+            "{}: session with a chunk just before a delay-0 pass cannot finish: {e} (the pass removed {:?})",
+            h.label, report.items
+        );
+    }
+    s.stat_blob(&r, &d)
+        .await
+        .unwrap_or_else(|e| panic!("{}: finished upload: {e}", h.label));
+}
+
+/// Deleting a manifest by digest drops its row, not bytes another manifest
+/// of the repository references: a manifest's bytes are a blob of the
+/// repository like any other, and an image may use them as a layer.
+async fn delete_by_digest_keeps_a_blob_another_manifest_uses(h: &Harness) {
+    let s = &h.store;
+    let r = repo("shared-bytes");
+    let m = image(86, 1);
+    push_image(s, &r, &m, None).await;
+    let n = image_with(
+        blob(87, 64),
+        vec![(m.digest.clone(), m.manifest.clone())],
+        None,
+        None,
+    );
+    push_image(s, &r, &n, Some("n")).await;
+    s.delete_manifest(&r, &digest_ref(&m)).await.unwrap();
+    for pass in ["after the delete", "after a delay-0 pass"] {
+        s.get_manifest(&r, &tag("n"))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {pass}: tagged manifest: {e}", h.label));
+        match s.get_blob(&r, &m.digest).await {
+            Ok(bytes) => assert_eq!(bytes, m.manifest, "{}: {pass}: layer bytes", h.label),
+            Err(e) => panic!(
+                "{}: {pass}: layer of a tagged image (the deleted manifest's bytes) is gone: {e}",
+                h.label
+            ),
+        }
+        s.gc(NOW).await.unwrap();
+    }
+}
+
+macro_rules! delay_contract_cases {
+    ($($case:ident),* $(,)?) => {
+        mod delay_contract {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    on_every_config(|layout, policy, backend| async move {
+                        let h = harness(layout, policy, backend).await;
+                        super::$case(&h).await;
+                        assert_clean(&h.store, &format!("{} after {}", h.label, stringify!($case))).await;
+                    })
+                    .await;
+                }
+            )*
+        }
+    };
+}
+
+delay_contract_cases!(
+    a_repush_restarts_the_clock,
+    a_manifest_reput_by_digest_restarts_the_clock,
+    a_young_index_keeps_its_children,
+    a_session_ages_from_its_last_chunk,
+    delay_zero_keeps_a_session_with_a_fresh_chunk,
+    delete_by_digest_keeps_a_blob_another_manifest_uses,
+    a_young_subject_keeps_its_referrers,
+    a_mount_restarts_the_clock,
+);
+
+/// A repository whose only content is an upload session is not empty: a
+/// pass leaves it, also while one of the session's calls is in flight
+/// (the session is then out of the session map, and its staged bytes are
+/// invisible until commit). The client finishes into the repository it
+/// started in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_with_only_a_live_upload_is_not_removed() {
+    on_every_config(|layout, policy, backend| async move {
+        let gate = Arc::new(Gate::default());
+        let h = Arc::new(
+            harness_wrapped(layout, policy, backend, {
+                let gate = gate.clone();
+                move |d| Arc::new(Gated::new(d, gate))
+            })
+            .await,
+        );
+        let s = &h.store;
+        let r = repo("upload-only");
+        let listed = |repos: Vec<engine::RepoName>| repos.contains(&r);
+        let (d, data) = blob(88, 3000);
+        let id = s.start_upload(&r).await.unwrap();
+        s.upload_chunk(&id, None, data.slice(..1000)).await.unwrap();
+        let report = s.gc(DELAY).await.unwrap();
+        assert!(
+            listed(s.catalog(None, None).await.unwrap()),
+            "{}: a pass between chunks removed the repository of an open upload: {:?}",
+            h.label,
+            report.items
+        );
+        gate.arm();
+        let chunk = tokio::spawn({
+            let (h, id, data) = (h.clone(), id.clone(), data.clone());
+            async move { h.store.upload_chunk(&id, None, data.slice(1000..)).await }
+        });
+        gate.entered().await;
+        let report = s.gc(DELAY).await.unwrap();
+        gate.release();
+        chunk
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{}: chunk written during the pass: {e}", h.label));
+        assert!(
+            listed(s.catalog(None, None).await.unwrap()),
+            "{}: a pass during a chunk removed the repository of an open upload: {:?}",
+            h.label,
+            report.items
+        );
+        s.tags(&r, None, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: tags of the upload's repository: {e}", h.label));
+        s.finish_upload(&id, &d, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: finish after the pass: {e}", h.label));
+        s.stat_blob(&r, &d)
+            .await
+            .unwrap_or_else(|e| panic!("{}: finished upload: {e}", h.label));
+        assert_clean(&h.store, &h.label).await;
+    })
+    .await;
 }

@@ -221,10 +221,7 @@ enum Op {
     Pull(&'static str, Blob),
 }
 
-const NOW: GcOptions = GcOptions {
-    delay: Duration::ZERO,
-    dry_run: false,
-};
+const NOW: GcOptions = GcOptions::new(Duration::ZERO);
 
 /// What an operation answered: done, done without effect, or an error.
 #[derive(Debug)]

@@ -134,10 +134,8 @@ async fn simulate(
                     if let Some(gc) = gc {
                         let (store, shared) = (store.clone(), shared.clone());
                         tasks.push(tokio::spawn(async move {
-                            let opts = engine::gc::GcOptions {
-                                delay: Duration::from_secs_f64(gc.delay_s),
-                                dry_run: false,
-                            };
+                            let opts =
+                                engine::gc::GcOptions::new(Duration::from_secs_f64(gc.delay_s));
                             while !shared.stop.load(Ordering::Relaxed) {
                                 tokio::time::sleep(Duration::from_secs_f64(gc.every_s)).await;
                                 if let Err(e) = store.gc(opts).await
@@ -211,10 +209,10 @@ async fn simulate(
     match &final_store {
         Ok(store) => {
             if scenario.gc.is_some() {
-                let opts = engine::gc::GcOptions {
-                    delay: Duration::ZERO,
-                    dry_run: false,
-                };
+                // Quiescent: no client is in flight, so every open session
+                // is abandoned.
+                let opts =
+                    engine::gc::GcOptions::new(Duration::ZERO).upload_timeout(Duration::ZERO);
                 if let Err(e) = store.gc(opts).await {
                     shared.checker.violation(format!("final gc: {e}"));
                 }

@@ -19,16 +19,22 @@
 //! repository holds it. Under `striped` no GC step takes the blobstore lock
 //! exclusively.
 //!
-//! **Delay**: nothing goes until it has been garbage for `delay`. Rather
-//! than trusting push times (a hard-linked inode's mtime is the first push
-//! anywhere), GC records in the metadata store when it first saw each item
-//! unreferenced, and forgets the mark when the item is referenced again.
-//! A delay of zero keeps no marks.
+//! **Delay** (the contract of DESIGN §7, invariant 10): nothing goes until
+//! it has been garbage for `delay` since a client last touched it. GC keeps
+//! that clock itself ([`marks`]): a mark when it first sees an item as
+//! garbage, deleted by any client touch, re-read under the removal's lock.
+//! A young row is a root of [`reach`], so it keeps what it references: an
+//! index its children, a manifest its config and layers, a subject its
+//! referrers. An upload session ages from its last chunk and is never
+//! cancelled during one of its calls; a repository with an open session is
+//! not empty.
 //!
 //! [`BlobLayout::sweep`]: crate::layout::BlobLayout::sweep
 
+mod marks;
 mod reach;
 
+pub(crate) use marks::Marked;
 use reach::Edges;
 
 use std::collections::{HashMap, HashSet};
@@ -50,10 +56,52 @@ use crate::sync::Instant;
 /// How a pass behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GcOptions {
-    /// Garbage younger than this stays.
+    /// Garbage a client touched less than this ago stays, with everything
+    /// it references.
     pub delay: Duration,
     /// Report what would go; change nothing.
     pub dry_run: bool,
+    /// An upload session idle (no chunk) this long is abandoned and
+    /// cancelled. Never less than `delay`: the larger of the two applies. A
+    /// session in the middle of one of its calls is never cancelled.
+    pub upload_timeout: Duration,
+}
+
+impl GcOptions {
+    /// How long an idle upload session lives by default: clients pause
+    /// between chunks while they read their next layer or retry.
+    pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+    /// A real pass with `delay` and the default upload timeout.
+    pub const fn new(delay: Duration) -> GcOptions {
+        GcOptions {
+            delay,
+            dry_run: false,
+            upload_timeout: GcOptions::DEFAULT_UPLOAD_TIMEOUT,
+        }
+    }
+
+    /// The same pass, reporting only.
+    pub const fn dry_run(self) -> GcOptions {
+        GcOptions {
+            dry_run: true,
+            ..self
+        }
+    }
+
+    /// The same pass, with upload sessions abandoned after `timeout` idle
+    /// (zero: every idle session, as a quiescent pass wants).
+    pub const fn upload_timeout(self, timeout: Duration) -> GcOptions {
+        GcOptions {
+            upload_timeout: timeout,
+            ..self
+        }
+    }
+
+    /// How long a session must be idle before this pass cancels it.
+    fn session_idle_limit(self) -> Duration {
+        self.delay.max(self.upload_timeout)
+    }
 }
 
 /// One thing removed (or, in a dry run, that would be).
@@ -120,15 +168,6 @@ struct Analysis {
     keep: HashSet<Digest>,
 }
 
-fn mark_key(scope: &str, item: &str) -> Vec<u8> {
-    format!("mark\0{scope}\0{item}").into_bytes()
-}
-
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Store {
     /// Runs one GC pass over the whole store.
     pub async fn gc(&self, opts: GcOptions) -> StoreResult<GcReport> {
@@ -178,27 +217,24 @@ impl Store {
         Ok(report)
     }
 
-    /// True once `item` has been garbage for `delay` (marking it on first sight).
+    /// True once `item` has been garbage for `delay` since the last client
+    /// touch (marking it on first sight).
     async fn aged(
         &self,
-        scope: &str,
-        item: &str,
+        item: Marked<'_>,
         opts: GcOptions,
         seen: &mut Vec<Vec<u8>>,
     ) -> StoreResult<bool> {
         if opts.delay.is_zero() {
             return Ok(true);
         }
-        let key = mark_key(scope, item);
+        let key = item.key();
         seen.push(key.clone());
-        let now = millis(SystemTime::now());
+        let now = marks::millis(SystemTime::now());
         match self.meta().get(Table::GC, &key).await? {
             Some(v) => {
-                let since = std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(now);
-                Ok(now.saturating_sub(since) >= opts.delay.as_millis() as u64)
+                let since = marks::parse_mark(&v).unwrap_or(now);
+                Ok(marks::old_enough(since, now, opts.delay))
             }
             None => {
                 if !opts.dry_run {
@@ -217,12 +253,12 @@ impl Store {
             return Ok(());
         }
         let seen: HashSet<&[u8]> = seen.iter().map(Vec::as_slice).collect();
-        let prefix = format!("mark\0{scope}\0").into_bytes();
-        let stale: Vec<Vec<u8>> = crate::meta::scan_keys(self.meta(), Table::GC, &prefix)
-            .await?
-            .into_iter()
-            .filter(|k| !seen.contains(k.as_slice()))
-            .collect();
+        let stale: Vec<Vec<u8>> =
+            crate::meta::scan_keys(self.meta(), Table::GC, &marks::scope_prefix(scope))
+                .await?
+                .into_iter()
+                .filter(|k| !seen.contains(k.as_slice()))
+                .collect();
         if stale.is_empty() {
             return Ok(());
         }
@@ -287,28 +323,38 @@ impl Store {
         };
         let index = IndexRows::parse(&body).map_err(|e| corrupt_index(repo, e))?;
         let rows = self.parsed_rows(repo, index.rows()).await?;
-        let reached = reach::reach(&rows);
-        let mut drop_rows = HashSet::new();
+        let no_young = HashSet::new();
+        let mut reached = reach::reach_from(&rows, &no_young);
+        // Rows no tag reaches are garbage once aged; the young ones are
+        // roots too, and keep whatever they reference.
+        let mut young = HashSet::new();
+        let mut old = HashSet::new();
         for (row, _) in &rows {
             let digest = row.digest();
-            if !reached.manifests.contains(digest)
-                && !drop_rows.contains(digest)
-                && self
-                    .aged(repo.as_str(), &format!("m:{digest}"), opts, seen)
-                    .await?
+            if reached.manifests.contains(digest) || young.contains(digest) || old.contains(digest)
             {
-                drop_rows.insert(digest.clone());
+                continue;
+            }
+            if self
+                .aged(Marked::Manifest(repo, digest), opts, seen)
+                .await?
+            {
+                old.insert(digest.clone());
+            } else {
+                young.insert(digest.clone());
             }
         }
-        // What stays: what `reach` found, and the rows kept only because
-        // they are younger than the delay, with what they reference.
+        if !young.is_empty() {
+            reached = reach::reach_from(&rows, &young);
+        }
+        let drop_rows: HashSet<Digest> = old
+            .into_iter()
+            .filter(|d| !reached.manifests.contains(d))
+            .collect();
+        // What stays: what the roots reach, and young rows whose manifest
+        // could not be parsed (reach cannot follow them, but they are young).
         let mut keep = reached.blobs;
-        Store::keep_rows(
-            &mut keep,
-            rows.iter().filter(|(row, _)| {
-                !reached.manifests.contains(row.digest()) && !drop_rows.contains(row.digest())
-            }),
-        );
+        keep.extend(young);
         drop(rows);
         if !drop_rows.is_empty() {
             for d in &drop_rows {
@@ -322,11 +368,7 @@ impl Store {
         }
         let mut candidates = Vec::new();
         for d in self.layout().repo_digests(repo).await? {
-            if !keep.contains(&d)
-                && self
-                    .aged(repo.as_str(), &format!("b:{d}"), opts, seen)
-                    .await?
-            {
+            if !keep.contains(&d) && self.aged(Marked::Blob(repo, &d), opts, seen).await? {
                 candidates.push(d);
             }
         }
@@ -367,7 +409,10 @@ impl Store {
                     keep,
                 };
             }
-            if analysis.keep.contains(&d) {
+            // A push or mount since the analysis restarted the blob's clock.
+            if analysis.keep.contains(&d)
+                || !self.still_aged(Marked::Blob(repo, &d), opts.delay).await?
+            {
                 continue;
             }
             let Some(size) = self.layout().stat(repo, &d).await? else {
@@ -399,7 +444,8 @@ impl Store {
         Ok(())
     }
 
-    /// Upload sessions, and upload files left by a crash, older than the delay.
+    /// Upload sessions idle past the session limit, and upload files no
+    /// session owns (a crash's leftovers) older than the delay.
     async fn gc_uploads(
         &self,
         repo: &RepoName,
@@ -407,16 +453,18 @@ impl Store {
         report: &mut GcReport,
     ) -> StoreResult<()> {
         let now = SystemTime::now();
-        let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= opts.delay;
-        for (id, session_repo, started) in self.uploads().open_sessions() {
-            if &session_repo == repo && old(started) {
+        let idle_since = now
+            .checked_sub(opts.session_idle_limit())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        for id in self.uploads().idle_sessions(repo, idle_since) {
+            if opts.dry_run {
                 report.add(GcKind::Upload, Some(repo), None, 0);
-                if !opts.dry_run {
-                    // It may have finished meanwhile; either way it is gone.
-                    let _ = self.cancel_upload(&id).await;
-                }
+            } else if self.uploads().cancel_if_idle(&id, idle_since).await? {
+                // A chunk that arrived since the listing kept it alive.
+                report.add(GcKind::Upload, Some(repo), None, 0);
             }
         }
+        let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= opts.delay;
         let dir = layout::repo_dir(repo).join(".uploads").expect("valid");
         for path in self.driver().list(Some(&dir)).await? {
             if self.uploads().in_use(path.file_name()) {
@@ -443,11 +491,10 @@ impl Store {
             Err(StoreError::NameUnknown { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let uploads_open = self
-            .uploads()
-            .open_sessions()
-            .iter()
-            .any(|(_, r, _)| r == repo);
+        // Open sessions count whether or not a call of theirs is running,
+        // or their staged bytes are visible yet (an object store shows them
+        // only at commit).
+        let uploads_open = self.uploads().any_open(repo);
         let staged = self
             .driver()
             .list(Some(
@@ -479,11 +526,7 @@ impl Store {
             } else {
                 holders
             };
-            if would_be > 0
-                || !self
-                    .aged("_blobstore", &d.to_string(), opts, &mut seen)
-                    .await?
-            {
+            if would_be > 0 || !self.aged(Marked::Shared(&d), opts, &mut seen).await? {
                 continue;
             }
             let _guard = self.lock(Intent::blobstore_sweep(&d)).await;
@@ -498,6 +541,6 @@ impl Store {
                 report.add(GcKind::BlobstoreBlob, None, Some(&d), size);
             }
         }
-        self.clear_marks("_blobstore", &seen, opts).await
+        self.clear_marks(marks::shared_scope(), &seen, opts).await
     }
 }

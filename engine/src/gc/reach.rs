@@ -2,7 +2,8 @@
 //! manifests' edges, computed once per pass in O(manifests + edges).
 //!
 //! Kept, transitively:
-//! - every tagged row (a root);
+//! - every tagged row, and every row younger than GC's delay (the roots:
+//!   the delay contract keeps a young item *with what it references*);
 //! - the children of a kept index;
 //! - the referrers of a kept manifest (and referrers of those).
 //!
@@ -58,8 +59,19 @@ pub(crate) struct Reach {
     pub(crate) blobs: HashSet<Digest>,
 }
 
-/// `rows` with each row's manifest (`None`: bytes gone or unparsable).
+/// `rows` with each row's manifest (`None`: bytes gone or unparsable),
+/// from the tagged rows.
+#[cfg(test)]
 pub(crate) fn reach<R, M>(rows: &[(R, Option<M>)]) -> Reach
+where
+    R: IndexRow,
+    M: Borrow<Edges>,
+{
+    reach_from(rows, &HashSet::new())
+}
+
+/// As [`reach`], with the rows whose digest is in `young` as roots too.
+pub(crate) fn reach_from<R, M>(rows: &[(R, Option<M>)], young: &HashSet<Digest>) -> Reach
 where
     R: IndexRow,
     M: Borrow<Edges>,
@@ -78,7 +90,10 @@ where
     }
     let mut out = Reach::default();
     let mut queue: VecDeque<&Digest> = rows
-        .filter(|(row, _)| row.tag().is_some() && parsed.contains_key(row.digest()))
+        .filter(|(row, _)| {
+            (row.tag().is_some() || young.contains(row.digest()))
+                && parsed.contains_key(row.digest())
+        })
         .map(|(row, _)| row.digest())
         .collect();
     while let Some(d) = queue.pop_front() {

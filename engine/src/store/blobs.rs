@@ -7,7 +7,7 @@
 //! [`Store::finish_upload`]). Only a verified upload enters the layout, under
 //! the `blob_insert` lock plan.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::time::SystemTime;
 
@@ -17,27 +17,39 @@ use super::Store;
 use crate::digest::{Algorithm, Digest, DigestHasher};
 use crate::driver::{BlobWriter, PutMode};
 use crate::error::{StoreError, StoreResult};
+use crate::gc::Marked;
 use crate::layout;
 use crate::lock::Intent;
 use crate::oci::names::RepoName;
 use crate::sync::unmodeled::Mutex;
 
-/// Live upload sessions. A session is taken out of the map while one of its
-/// calls runs, so two concurrent calls on one session cannot interleave: the
-/// second sees `BLOB_UPLOAD_UNKNOWN`, as a client misusing a session should.
+/// Live upload sessions, by id.
+///
+/// A session's slot stays in the map from `start_upload` until it finishes,
+/// is cancelled or fails, so GC sees every live session, including one
+/// whose call is running. Its writer and hasher are taken out of the slot
+/// while one of its calls runs, so two concurrent calls on one session
+/// cannot interleave: the second sees `BLOB_UPLOAD_UNKNOWN`, as a client
+/// misusing a session should, and GC never cancels a session mid-call.
 #[derive(Default)]
 pub(crate) struct Uploads {
     sessions: Mutex<HashMap<String, Session>>,
-    /// Sessions between commit and ingest: their staged file is visible
-    /// but not garbage.
-    finishing: Mutex<HashSet<String>>,
 }
 
 struct Session {
     repo: RepoName,
+    started: SystemTime,
+    /// The last client call on the session: it ages from here (DESIGN §7).
+    touched: SystemTime,
+    /// Bytes received so far.
+    offset: u64,
+    /// `None` while one of its calls runs.
+    io: Option<SessionIo>,
+}
+
+struct SessionIo {
     writer: Box<dyn BlobWriter>,
     hasher: DigestHasher,
-    started: SystemTime,
 }
 
 /// Where an upload stands.
@@ -47,59 +59,137 @@ pub struct UploadStatus {
     /// Bytes received so far (the next chunk must start here).
     pub offset: u64,
     pub started: SystemTime,
+    /// The last chunk (or the start): idle time counts from here.
+    pub touched: SystemTime,
+}
+
+fn upload_unknown(id: &str) -> StoreError {
+    StoreError::BlobUploadUnknown {
+        id: id.chars().take(80).collect(),
+    }
 }
 
 impl Uploads {
-    fn take(&self, id: &str) -> StoreResult<Session> {
-        self.sessions
-            .lock()
-            .unwrap()
-            .remove(id)
-            .ok_or_else(|| StoreError::BlobUploadUnknown {
-                id: id.chars().take(80).collect(),
-            })
+    /// Reserves a slot for a session whose writer is being opened: from
+    /// now on its repository is not empty.
+    fn reserve(&self, id: &str, repo: &RepoName) {
+        let now = SystemTime::now();
+        self.sessions.lock().unwrap().insert(
+            id.to_owned(),
+            Session {
+                repo: repo.clone(),
+                started: now,
+                touched: now,
+                offset: 0,
+                io: None,
+            },
+        );
     }
 
-    fn put_back(&self, id: &str, session: Session) {
-        self.sessions.lock().unwrap().insert(id.to_owned(), session);
+    /// Takes the session's writer for one call (the slot stays, busy).
+    fn take(&self, id: &str) -> StoreResult<SessionIo> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let session = sessions.get_mut(id).ok_or_else(|| upload_unknown(id))?;
+        let io = session.io.take().ok_or_else(|| upload_unknown(id))?;
+        session.touched = SystemTime::now();
+        Ok(io)
     }
 
-    /// Open sessions: id, repository, start time.
-    pub(crate) fn open_sessions(&self) -> Vec<(String, RepoName, SystemTime)> {
+    /// Ends a call: the session is idle again, touched now.
+    fn put_back(&self, id: &str, io: SessionIo) {
+        let mut sessions = self.sessions.lock().unwrap();
+        if let Some(session) = sessions.get_mut(id) {
+            session.offset = io.hasher.len();
+            session.touched = SystemTime::now();
+            session.io = Some(io);
+        }
+    }
+
+    /// The session is over (finished, cancelled or failed).
+    fn end(&self, id: &str) {
+        self.sessions.lock().unwrap().remove(id);
+    }
+
+    /// Idle sessions of `repo` not touched since `idle_since`.
+    pub(crate) fn idle_sessions(&self, repo: &RepoName, idle_since: SystemTime) -> Vec<String> {
         let sessions = self.sessions.lock().unwrap();
         sessions
             .iter()
-            .map(|(id, s)| (id.clone(), s.repo.clone(), s.started))
+            .filter(|(_, s)| &s.repo == repo && s.io.is_some() && s.touched <= idle_since)
+            .map(|(id, _)| id.clone())
             .collect()
     }
 
-    /// Whether `id` is open or finishing (its staged file is in use).
+    /// Cancels session `id` if it is still idle since `idle_since`, in one
+    /// step with the check, so a chunk that arrives meanwhile keeps it.
+    pub(crate) async fn cancel_if_idle(
+        &self,
+        id: &str,
+        idle_since: SystemTime,
+    ) -> StoreResult<bool> {
+        let io = {
+            let mut sessions = self.sessions.lock().unwrap();
+            match sessions.get(id) {
+                Some(s) if s.io.is_some() && s.touched <= idle_since => {
+                    sessions.remove(id).and_then(|s| s.io)
+                }
+                _ => None,
+            }
+        };
+        match io {
+            Some(io) => {
+                io.writer.abort().await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Whether `repo` has a live session (idle or in a call).
+    pub(crate) fn any_open(&self, repo: &RepoName) -> bool {
+        self.sessions
+            .lock()
+            .unwrap()
+            .values()
+            .any(|s| &s.repo == repo)
+    }
+
+    /// Whether `id` is a live session (its staged file is in use).
     pub(crate) fn in_use(&self, id: &str) -> bool {
         self.sessions.lock().unwrap().contains_key(id)
-            || self.finishing.lock().unwrap().contains(id)
     }
 }
 
 impl Store {
     /// Opens an upload session in `repo` (created on first push).
     pub async fn start_upload(&self, repo: &RepoName) -> StoreResult<String> {
+        let id = self.next_id();
         {
+            // The slot is reserved under the repository's lock, so GC's
+            // empty-repository check (exclusive) sees either no repository
+            // yet or one with a live session.
             let _guard = self.lock(Intent::repo_read(repo)).await;
             self.ensure_repo(repo).await?;
+            self.inner.uploads.reserve(&id, repo);
         }
-        let id = self.next_id();
-        let writer = self
+        match self
             .driver()
             .writer(&layout::upload(repo, &id), PutMode::IfAbsent)
-            .await?;
-        let session = Session {
-            repo: repo.clone(),
-            writer,
-            hasher: DigestHasher::new(Algorithm::Sha256),
-            started: SystemTime::now(),
-        };
-        self.inner.uploads.put_back(&id, session);
-        Ok(id)
+            .await
+        {
+            Ok(writer) => {
+                let io = SessionIo {
+                    writer,
+                    hasher: DigestHasher::new(Algorithm::Sha256),
+                };
+                self.inner.uploads.put_back(&id, io);
+                Ok(id)
+            }
+            Err(e) => {
+                self.inner.uploads.end(&id);
+                Err(e.into())
+            }
+        }
     }
 
     /// Appends a chunk. With `range` (the `Content-Range` of a chunked
@@ -134,7 +224,9 @@ impl Store {
         }
         session.hasher.update(&data);
         if let Err(e) = session.writer.write(data).await {
-            // The session's bytes are now uncertain: it ends here.
+            // The session's bytes are now uncertain: it ends here (its
+            // staged bytes are reclaimed as a leftover).
+            self.inner.uploads.end(id);
             return Err(e.into());
         }
         let offset = session.hasher.len();
@@ -145,21 +237,19 @@ impl Store {
     /// Where upload `id` stands.
     pub fn upload_status(&self, id: &str) -> StoreResult<UploadStatus> {
         let sessions = self.inner.uploads.sessions.lock().unwrap();
-        let s = sessions
-            .get(id)
-            .ok_or_else(|| StoreError::BlobUploadUnknown {
-                id: id.chars().take(80).collect(),
-            })?;
+        let s = sessions.get(id).ok_or_else(|| upload_unknown(id))?;
         Ok(UploadStatus {
             repo: s.repo.clone(),
-            offset: s.hasher.len(),
+            offset: s.offset,
             started: s.started,
+            touched: s.touched,
         })
     }
 
     /// Abandons upload `id`; nothing of it remains.
     pub async fn cancel_upload(&self, id: &str) -> StoreResult<()> {
         let session = self.inner.uploads.take(id)?;
+        self.inner.uploads.end(id);
         Ok(session.writer.abort().await?)
     }
 
@@ -175,12 +265,26 @@ impl Store {
         digest: &Digest,
         last: Option<Bytes>,
     ) -> StoreResult<()> {
-        let mut session = self.inner.uploads.take(id)?;
+        let session = self.inner.uploads.take(id)?;
+        // The slot stays busy until the blob is in the layout: the staged
+        // file is in use and the repository is not empty meanwhile.
+        let result = self.finish_session(id, session, digest, last).await;
+        self.inner.uploads.end(id);
+        result
+    }
+
+    async fn finish_session(
+        &self,
+        id: &str,
+        mut session: SessionIo,
+        digest: &Digest,
+        last: Option<Bytes>,
+    ) -> StoreResult<()> {
         if let Some(last) = last {
             session.hasher.update(&last);
             session.writer.write(last).await?;
         }
-        let repo = session.repo.clone();
+        let repo = self.upload_status(id)?.repo;
         let streamed = session.hasher.finish();
         if digest.algorithm() == Algorithm::Sha256 && &streamed != digest {
             session.writer.abort().await?;
@@ -189,15 +293,7 @@ impl Store {
                 actual: streamed,
             });
         }
-        self.inner
-            .uploads
-            .finishing
-            .lock()
-            .unwrap()
-            .insert(id.to_owned());
-        let result = self.ingest_upload(&repo, id, digest, session.writer).await;
-        self.inner.uploads.finishing.lock().unwrap().remove(id);
-        result
+        self.ingest_upload(&repo, id, digest, session.writer).await
     }
 
     /// Commits a verified upload and hands it to the layout.
@@ -221,7 +317,8 @@ impl Store {
             }
         }
         let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
-        self.layout().ingest(repo, digest, &staged).await
+        self.layout().ingest(repo, digest, &staged).await?;
+        self.touch(&[Marked::Blob(repo, digest)]).await
     }
 
     /// A monolithic upload: the whole blob in one call, digest known up
@@ -249,7 +346,8 @@ impl Store {
         }
         let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
         self.ensure_repo(repo).await?;
-        self.layout().ingest_bytes(repo, digest, data).await
+        self.layout().ingest_bytes(repo, digest, data).await?;
+        self.touch(&[Marked::Blob(repo, digest)]).await
     }
 
     /// MUTATION (c), for the loom suite only: the dedupe check in its own
@@ -320,10 +418,15 @@ impl Store {
         // A failed mount falls back to an upload into `to`, so `to` exists
         // either way.
         self.ensure_repo(to).await?;
-        if from == to {
-            return Ok(self.layout().stat(to, digest).await?.is_some());
+        let mounted = if from == to {
+            self.layout().stat(to, digest).await?.is_some()
+        } else {
+            self.layout().mount(from, to, digest).await?
+        };
+        if mounted {
+            self.touch(&[Marked::Blob(to, digest)]).await?;
         }
-        self.layout().mount(from, to, digest).await
+        Ok(mounted)
     }
 
     /// Every digest `repo` holds (blobs and manifests), sorted.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::Store;
 use crate::digest::Digest;
 use crate::error::{StoreError, StoreResult};
+use crate::gc::Marked;
 use crate::lock::Intent;
 use crate::oci::index_rows::IndexRow;
 use crate::oci::manifest::{Descriptor, ImageIndex, Manifest, REF_NAME, media};
@@ -151,6 +152,9 @@ impl Store {
             }
         }
         self.save_index(repo, &index).await?;
+        // A put, even of a manifest the repository has, restarts its clock.
+        self.touch(&[Marked::Manifest(repo, &digest), Marked::Blob(repo, &digest)])
+            .await?;
         Ok(digest)
     }
 
@@ -207,6 +211,11 @@ impl Store {
                 }
                 index.manifests.retain(|row| &row.digest != digest);
                 self.save_index(repo, &index).await?;
+                // Its bytes stay while another manifest of the repository
+                // uses them as its config or a layer (a blob like any other).
+                if self.referenced_blobs(repo, &index).await?.contains(digest) {
+                    return Ok(());
+                }
                 self.layout().remove(repo, digest).await
             }
         }

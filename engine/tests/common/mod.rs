@@ -2,11 +2,16 @@
 //! images to push, and faults the driver API cannot express.
 #![allow(dead_code)] // each test file uses a different part
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use engine::driver::{Driver, FsDriver, ObjectDriver, SimDisk, SimDriver, conformance::pattern};
+use engine::driver::{
+    BlobWriter, Capabilities, Driver, DriverPath, DriverResult, FsDriver, Listing, ObjectDriver,
+    ObjectMeta, PutMode, SimDisk, SimDriver, conformance::pattern,
+};
 use engine::meta::MemoryMeta;
 use engine::oci::media;
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
@@ -39,6 +44,16 @@ pub struct Harness {
 }
 
 pub async fn harness(layout: LayoutKind, policy: LockPolicy, backend: Backend) -> Harness {
+    harness_wrapped(layout, policy, backend, |d| d).await
+}
+
+/// [`harness`] with the driver wrapped by `wrap` (a fault or a gate).
+pub async fn harness_wrapped(
+    layout: LayoutKind,
+    policy: LockPolicy,
+    backend: Backend,
+    wrap: impl FnOnce(Arc<dyn Driver>) -> Arc<dyn Driver>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let mut disk = None;
@@ -53,7 +68,7 @@ pub async fn harness(layout: LayoutKind, policy: LockPolicy, backend: Backend) -
         Backend::ObjectDir => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
     };
     let store = Store::open(
-        driver,
+        wrap(driver),
         Arc::new(MemoryMeta::new()),
         StoreConfig { layout, policy },
     )
@@ -216,4 +231,130 @@ pub async fn assert_clean(store: &Store, context: &str) {
     let findings = store.fsck().await.unwrap();
     let errors: Vec<_> = findings.iter().filter(|f| f.is_error()).collect();
     assert!(errors.is_empty(), "{context}: fsck found {errors:#?}");
+}
+
+/// Holds one write in flight: once armed, the next [`BlobWriter::write`]
+/// through a [`Gated`] driver announces itself and waits for
+/// [`Gate::release`], so a test can run something while a call is inside.
+#[derive(Debug, Default)]
+pub struct Gate {
+    armed: AtomicBool,
+    entered: tokio::sync::Notify,
+    released: tokio::sync::Notify,
+}
+
+impl Gate {
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the armed write is held.
+    pub async fn entered(&self) {
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.entered.notified())
+            .await
+            .expect("no write reached the gate");
+    }
+
+    pub fn release(&self) {
+        self.released.notify_one();
+    }
+}
+
+/// A driver whose writers stop at a [`Gate`]; everything else passes through.
+#[derive(Debug)]
+pub struct Gated {
+    inner: Arc<dyn Driver>,
+    gate: Arc<Gate>,
+}
+
+impl Gated {
+    pub fn new(inner: Arc<dyn Driver>, gate: Arc<Gate>) -> Gated {
+        Gated { inner, gate }
+    }
+}
+
+struct GatedWriter {
+    inner: Box<dyn BlobWriter>,
+    gate: Arc<Gate>,
+}
+
+#[async_trait::async_trait]
+impl BlobWriter for GatedWriter {
+    async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
+        if self.gate.armed.swap(false, Ordering::SeqCst) {
+            self.gate.entered.notify_one();
+            self.gate.released.notified().await;
+        }
+        self.inner.write(chunk).await
+    }
+
+    fn written(&self) -> u64 {
+        self.inner.written()
+    }
+
+    async fn commit(self: Box<Self>) -> DriverResult<()> {
+        self.inner.commit().await
+    }
+
+    async fn abort(self: Box<Self>) -> DriverResult<()> {
+        self.inner.abort().await
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for Gated {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
+        self.inner.stat(path).await
+    }
+
+    async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
+        self.inner.get(path, range).await
+    }
+
+    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
+        Ok(Box::new(GatedWriter {
+            inner: self.inner.writer(path, mode).await?,
+            gate: self.gate.clone(),
+        }))
+    }
+
+    async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
+        self.inner.put(path, data, mode).await
+    }
+
+    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
+        self.inner.list(prefix).await
+    }
+
+    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
+        self.inner.list_dir(prefix).await
+    }
+
+    async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
+        self.inner.delete(path).await
+    }
+
+    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        self.inner.hard_link(src, dst).await
+    }
+
+    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        self.inner.rename(src, dst).await
+    }
+
+    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
+        self.inner.copy(src, dst, mode).await
+    }
+
+    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
+        self.inner.sync_dir(dir).await
+    }
 }
