@@ -68,6 +68,28 @@ async fn durable_file(disk: &Arc<SimDisk>, path: &str, data: &'static [u8]) {
     disk.fsync_dir(parent).await.unwrap();
 }
 
+/// rmdir needs the directory empty, so once its removal is durable so are
+/// the removals inside it: a crash must not bring a file back under a
+/// directory that is gone. (The driver renames an upload out of `.uploads`,
+/// removes the emptied directory, then syncs what is left: its parent;
+/// the next upload creates the directory again. Before, the upload's old name came back after a power cut, and a third
+/// link inflated the link count the blobstore counts holders by.)
+#[tokio::test]
+async fn a_durably_removed_directory_takes_its_entries_with_it() {
+    let disk = SimDisk::new();
+    disk.mkdir("d").await.unwrap();
+    disk.fsync_dir("").await.unwrap();
+    durable_file(&disk, "d/f", b"1").await;
+    disk.rename("d/f", "g").await.unwrap();
+    disk.rmdir("d").await.unwrap();
+    disk.fsync_dir("").await.unwrap();
+    // The next upload creates the directory again.
+    disk.mkdir("d").await.unwrap();
+    disk.fsync_dir("").await.unwrap();
+    disk.crash();
+    assert_eq!(image(&disk).keys().collect::<Vec<_>>(), ["g"]);
+}
+
 #[tokio::test]
 async fn rename_needs_the_directory_fsync() {
     let disk = SimDisk::new();

@@ -254,6 +254,12 @@ impl DiskState {
         };
         for path in changed {
             let new = self.live.get(&path).copied();
+            // A directory removed durably takes its entries with it: rmdir
+            // needed it empty, so the removals inside it are durable too
+            // (else a crash would bring a file back under a removed name).
+            if new.is_none() && self.durable.get(&path) == Some(&Entry::Dir) {
+                self.persist_dir(&path);
+            }
             let old = match new {
                 Some(e) => self.durable.insert(path.clone(), e),
                 None => self.durable.remove(&path),
