@@ -14,7 +14,7 @@
 //! entry is missing or whose original does not verify is reported missing:
 //! no stub is ever served (zot #2625, #4427).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -363,5 +363,90 @@ impl BlobLayout for LegacyLayout {
     async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64> {
         let entry = self.entry(digest).await?;
         Ok(u64::from(entry.original.is_some()) + entry.duplicates.len() as u64)
+    }
+
+    /// The dedupe index is a second truth beside the disk, and no write
+    /// order keeps the two together through a power cut: a blob placed
+    /// before its entry is committed, or an entry dropped before its file
+    /// is unlinked, leaves a holder the index does not know (zot rebuilds
+    /// its index at startup for the same reason). So the store reconciles
+    /// on open: every digest whose recorded holders differ from the paths
+    /// on disk gets an entry rebuilt from the disk, keeping a recorded
+    /// original that still verifies, else the first holder whose bytes do.
+    /// A marker is never made an original, so no stub is ever served, and
+    /// an original the index lost is found again instead of its markers
+    /// being taken for lost data (zot #2625). Costs one listing of every
+    /// repository's blobs and one scan of the index; bytes are hashed only
+    /// where the two disagree.
+    async fn recover(&self) -> StoreResult<()> {
+        let mut on_disk: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
+        for repo in crate::store::list_repos(&*self.driver).await? {
+            for d in self.repo_digests(&repo).await? {
+                if !is_empty_digest(&d) {
+                    on_disk
+                        .entry(d.clone())
+                        .or_default()
+                        .insert(repo_blob(&repo, &d).to_string());
+                }
+            }
+        }
+        let mut recorded: BTreeMap<Digest, DedupeEntry> = BTreeMap::new();
+        for (key, value) in crate::meta::scan_all(&*self.meta, Table::DEDUPE, b"").await? {
+            let d = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|k| Digest::parse(k).ok())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "dedupe index key {:?} is not a digest",
+                        String::from_utf8_lossy(&key)
+                    ))
+                })?;
+            let entry = serde_json::from_slice(&value)
+                .map_err(|e| StoreError::Corrupt(format!("dedupe index entry for {d}: {e}")))?;
+            recorded.insert(d, entry);
+        }
+        let digests: BTreeSet<&Digest> = on_disk.keys().chain(recorded.keys()).collect();
+        let no_paths = BTreeSet::new();
+        for d in digests {
+            let paths = on_disk.get(d).unwrap_or(&no_paths);
+            let entry = recorded.get(d).cloned().unwrap_or_default();
+            let listed: BTreeSet<&String> =
+                entry.original.iter().chain(&entry.duplicates).collect();
+            if listed == paths.iter().collect() {
+                continue;
+            }
+            let mut original = None;
+            let candidates = entry
+                .original
+                .iter()
+                .filter(|o| paths.contains(*o))
+                .chain(paths.iter().filter(|p| Some(*p) != entry.original.as_ref()));
+            for candidate in candidates {
+                let path = path_of(candidate)?;
+                if self
+                    .verifier
+                    .check(&*self.driver, &path, d)
+                    .await?
+                    .is_some()
+                {
+                    original = Some(candidate.clone());
+                    break;
+                }
+            }
+            let duplicates = paths
+                .iter()
+                .filter(|p| Some(*p) != original.as_ref())
+                .cloned()
+                .collect();
+            self.save(
+                d,
+                &DedupeEntry {
+                    original,
+                    duplicates,
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -252,6 +252,13 @@ pub trait BlobLayout: Send + Sync + fmt::Debug {
     /// (link count - 1, reference rows, or dedupe-index entries).
     async fn recorded_holders(&self, digest: &Digest) -> StoreResult<u64>;
 
+    /// Brings the reference truth back in line with the disk after a crash,
+    /// before the store serves anything. Nothing to do where the disk is
+    /// the only truth (link counts); see the legacy layout's dedupe index.
+    async fn recover(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Every `_blobstore` digest with its [`recorded_holders`] count, for a
     /// sweep choosing its candidates. Not a snapshot: a holder added while
     /// this runs may be missed, which is why [`sweep`] checks again under

@@ -210,11 +210,31 @@ pub async fn for_each_key(
     prefix: &[u8],
     mut each: impl FnMut(&[u8]),
 ) -> MetaResult<()> {
+    for_each_entry(meta, table, prefix, |k, _| each(k)).await
+}
+
+/// Every entry of `table` starting with `prefix`, in key order.
+pub async fn scan_all(meta: &dyn MetaStore, table: Table, prefix: &[u8]) -> MetaResult<Vec<Entry>> {
+    let mut out = Vec::new();
+    for_each_entry(meta, table, prefix, |k, v| {
+        out.push((k.to_vec(), v.to_vec()))
+    })
+    .await?;
+    Ok(out)
+}
+
+/// As [`for_each_key`], with each key's value.
+pub async fn for_each_entry(
+    meta: &dyn MetaStore,
+    table: Table,
+    prefix: &[u8],
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> MetaResult<()> {
     const PAGE: usize = 1000;
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = meta.scan(table, prefix, after.as_deref(), PAGE).await?;
-        page.iter().for_each(|(k, _)| each(k));
+        page.iter().for_each(|(k, v)| each(k, v));
         if page.len() < PAGE {
             return Ok(());
         }

@@ -270,6 +270,12 @@ impl Migrator<'_> {
                     break;
                 }
             }
+            // The index may have lost the original in a crash while its
+            // bytes are still on disk: look everywhere before calling the
+            // digest lost (zot #2625 took markers for data here).
+            if source.is_none() {
+                source = self.find_unindexed_copy(d, &holders).await?;
+            }
             let Some((source, size)) = source else {
                 self.report.problems.push(format!(
                     "{repo}: every copy of {d} is a marker or damaged (lost before migration)"
@@ -310,6 +316,26 @@ impl Migrator<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A verified legacy copy of `d` in a repository the dedupe index does
+    /// not list (one stat per repository: only for a digest whose listed
+    /// holders are all markers or damaged).
+    async fn find_unindexed_copy(
+        &self,
+        d: &Digest,
+        listed: &[DriverPath],
+    ) -> StoreResult<Option<(DriverPath, u64)>> {
+        for repo in list_repos(self.driver).await? {
+            let p = layout::repo_blob(&repo, d);
+            if listed.contains(&p) {
+                continue;
+            }
+            if let Some(size) = self.verify(&p, d).await? {
+                return Ok(Some((p, size)));
+            }
+        }
+        Ok(None)
     }
 
     async fn dedupe_entry(&self, d: &Digest) -> StoreResult<Option<(Option<String>, Vec<String>)>> {

@@ -151,7 +151,9 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Store::new_unchecked(driver, meta, config))
+        let store = Store::new_unchecked(driver, meta, config);
+        store.layout().recover().await?;
+        Ok(store)
     }
 
     /// The configuration a root was created with, if any.
