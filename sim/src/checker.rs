@@ -12,10 +12,17 @@
 //!   has exactly one writing client, so its history is sequential);
 //! - 3-6: fsck (reference truth, no membership without bytes, `_blobstore`
 //!   hidden, no stubs); after a final quiescent GC with delay 0, no orphans;
-//! - 6 also during the run: every byte a pull receives is hashed here again.
+//! - 6 also during the run: every byte a pull receives is hashed here again;
+//! - 10, while GC runs: after every pass, each blob and manifest a client
+//!   touched (pushed, mounted, put) less than `delay` before the pass
+//!   ended is still there, and so is everything such a manifest
+//!   references (config, layers, an index's children). Nothing in the
+//!   workload removes a blob or a manifest by digest but GC, so each one
+//!   missing is GC breaking the delay contract.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use engine::oci::Manifest;
 use engine::store::FindingKind;
@@ -36,9 +43,28 @@ struct TagState {
     inflight: Option<Option<Acked>>,
 }
 
+/// Something a client touched, and when it sent the acknowledging call
+/// (the touch happened no earlier: a conservative clock for invariant 10).
+#[derive(Debug, Clone)]
+struct Touch {
+    at: tokio::time::Instant,
+    repo: RepoName,
+    digest: Digest,
+    /// For a manifest: the blobs and the child manifests it references.
+    manifest: Option<(Vec<Digest>, Vec<Digest>)>,
+}
+
 #[derive(Debug, Default)]
 pub struct Checker {
     tags: Mutex<BTreeMap<(String, String), TagState>>,
+    /// Touches in the order they were acknowledged (virtual time only
+    /// moves forward, so the oldest are at the front).
+    touches: Mutex<VecDeque<Touch>>,
+    /// How many touches invariant 10 has checked at least once.
+    touches_checked: Mutex<u64>,
+    /// Whether touches are kept at all (only a GC with a delay makes a
+    /// window to check them in).
+    keep_touches: bool,
     violations: Mutex<Vec<String>>,
 }
 
@@ -47,6 +73,14 @@ fn tag_ref(tag: &str) -> Reference {
 }
 
 impl Checker {
+    /// A checker that also keeps what clients touch, for invariant 10.
+    pub fn with_touches() -> Checker {
+        Checker {
+            keep_touches: true,
+            ..Checker::default()
+        }
+    }
+
     pub fn violation(&self, v: String) {
         self.violations.lock().unwrap().push(v);
     }
@@ -193,6 +227,117 @@ impl Checker {
         }
     }
 
+    /// A client's blob push, finished upload or mount into `repo` was
+    /// acknowledged; the call was sent at `sent`.
+    pub fn touch_blob(&self, sent: tokio::time::Instant, repo: &RepoName, digest: &Digest) {
+        if !self.keep_touches {
+            return;
+        }
+        self.touches.lock().unwrap().push_back(Touch {
+            at: sent,
+            repo: repo.clone(),
+            digest: digest.clone(),
+            manifest: None,
+        });
+    }
+
+    /// A client's manifest put (by tag or digest) was acknowledged.
+    pub fn touch_manifest(
+        &self,
+        sent: tokio::time::Instant,
+        repo: &RepoName,
+        media_type: &str,
+        body: &[u8],
+    ) {
+        if !self.keep_touches {
+            return;
+        }
+        let (blobs, children) = Manifest::parse(media_type, body)
+            .map(|m| {
+                (
+                    m.blobs().into_iter().map(|b| b.digest.clone()).collect(),
+                    m.children().iter().map(|c| c.digest.clone()).collect(),
+                )
+            })
+            .unwrap_or_default();
+        self.touches.lock().unwrap().push_back(Touch {
+            at: sent,
+            repo: repo.clone(),
+            digest: Digest::sha256(body),
+            manifest: Some((blobs, children)),
+        });
+    }
+
+    /// How many acknowledged touches invariant 10 has checked.
+    pub fn touches_checked(&self) -> u64 {
+        *self.touches_checked.lock().unwrap()
+    }
+
+    /// Invariant 10 after a GC pass that ended just now: every touch
+    /// acknowledged less than `delay` ago is readable, with what it
+    /// references. Older touches leave the window for good (a later pass
+    /// ends later), so the window stays as small as the delay.
+    pub async fn verify_young(&self, store: &Store, delay: Duration, when: &str) {
+        let now = tokio::time::Instant::now();
+        let young: Vec<Touch> = {
+            let mut touches = self.touches.lock().unwrap();
+            while touches
+                .front()
+                .is_some_and(|t| now.duration_since(t.at) >= delay)
+            {
+                touches.pop_front();
+            }
+            touches.iter().cloned().collect()
+        };
+        *self.touches_checked.lock().unwrap() += young.len() as u64;
+        let mut blobs_seen: HashSet<(&RepoName, &Digest)> = HashSet::new();
+        let mut manifests_seen: HashSet<(&RepoName, &Digest)> = HashSet::new();
+        for t in &young {
+            let age = now.duration_since(t.at);
+            let lost = |what: &str, d: &Digest, e: &dyn std::fmt::Display| {
+                format!(
+                    "{when}: {repo}: {what} {d} gone {age:?} after a client touched {touched}, inside the delay of {delay:?}: {e} (invariant 10)",
+                    repo = t.repo,
+                    touched = t.digest,
+                )
+            };
+            let mut manifests = Vec::new();
+            let mut blobs = Vec::new();
+            match &t.manifest {
+                Some((refs, children)) => {
+                    manifests.push(&t.digest);
+                    manifests.extend(children);
+                    blobs.extend(refs);
+                }
+                None => blobs.push(&t.digest),
+            }
+            for d in manifests {
+                if !manifests_seen.insert((&t.repo, d)) {
+                    continue;
+                }
+                match store
+                    .get_manifest(&t.repo, &Reference::Digest(d.clone()))
+                    .await
+                {
+                    Ok(m) if Digest::of(m.digest.algorithm(), &m.body) == *d => {}
+                    Ok(_) => self.violation(format!(
+                        "{when}: {}: manifest {d} served wrong bytes (invariant 6)",
+                        t.repo
+                    )),
+                    Err(e) => self.violation(lost("manifest", d, &e)),
+                }
+            }
+            for d in blobs {
+                if !blobs_seen.insert((&t.repo, d)) {
+                    continue;
+                }
+                if let Err(e) = store.stat_blob(&t.repo, d).await {
+                    self.violation(lost("blob", d, &e));
+                }
+            }
+        }
+    }
+
     /// fsck (invariants 3-6); `quiescent_gc`: orphans count too (invariant 4).
     pub async fn fsck(&self, store: &Store, when: &str, quiescent_gc: bool) {
         match store.fsck().await {
@@ -226,6 +371,77 @@ mod tests {
     use engine::{LayoutKind, LockPolicy, StoreConfig};
 
     use super::*;
+
+    /// Invariant 10 speaks too: a blob and a manifest a client touched
+    /// inside the delay, removed behind the checker's back, are reported;
+    /// the same touches outside the delay are not checked at all.
+    #[tokio::test]
+    async fn young_touches_removed_are_reported() {
+        let driver = Arc::new(SimDriver::on(SimDisk::new()));
+        let config = StoreConfig {
+            layout: LayoutKind::Blobstore,
+            policy: LockPolicy::Striped,
+        };
+        let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
+            .await
+            .unwrap();
+        let repo = RepoName::parse("r").unwrap();
+        let (orphan, config_blob) = (Bytes::from_static(b"orphan"), Bytes::from_static(b"{}"));
+        let (od, cd) = (Digest::sha256(&orphan), Digest::sha256(&config_blob));
+        let body = Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"a/b","digest":"{cd}","size":2}},"layers":[]}}"#,
+            media::OCI_MANIFEST
+        ));
+        let checker = Checker::with_touches();
+        let sent = tokio::time::Instant::now();
+        store.push_blob(&repo, &od, orphan).await.unwrap();
+        checker.touch_blob(sent, &repo, &od);
+        store.push_blob(&repo, &cd, config_blob).await.unwrap();
+        let md = store
+            .put_manifest(
+                &repo,
+                &Reference::Digest(Digest::sha256(&body)),
+                media::OCI_MANIFEST,
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        checker.touch_manifest(sent, &repo, media::OCI_MANIFEST, &body);
+        let hour = Duration::from_secs(3600);
+        checker.verify_young(&store, hour, "clean").await;
+        assert!(
+            checker.violations().is_empty(),
+            "{:?}",
+            checker.violations()
+        );
+        assert_eq!(checker.touches_checked(), 2);
+
+        // Behind the checker's back: the orphan blob and the manifest's config go.
+        store
+            .driver()
+            .delete(&engine::layout::repo_blob(&repo, &od))
+            .await
+            .unwrap();
+        store
+            .driver()
+            .delete(&engine::layout::repo_blob(&repo, &cd))
+            .await
+            .unwrap();
+        checker.verify_young(&store, hour, "young").await;
+        let v = checker.violations();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v.iter().all(|v| v.contains("invariant 10")), "{v:?}");
+        assert!(v.iter().any(|v| v.contains(&od.to_string())), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|v| v.contains(&cd.to_string()) && v.contains(&md.to_string())),
+            "{v:?}"
+        );
+
+        // Outside the delay the same touches leave the window.
+        checker.verify_young(&store, Duration::ZERO, "old").await;
+        assert_eq!(checker.violations().len(), 2);
+    }
 
     /// The checker is only worth its silence if it speaks: a tag lost
     /// behind its back, and a blob gone from under an acknowledged manifest,

@@ -17,7 +17,7 @@ use report::charts;
 
 use crate::migration::MigrationSummary;
 use crate::scenario::Scenario;
-use crate::workload::{CLASSES, Shared};
+use crate::workload::{OpClass, Shared};
 
 /// Lock and call counters summed over every store instance of a run.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +59,8 @@ pub struct RunResult {
     pub calls_per_op: f64,
     pub refused: u64,
     pub retries: u64,
+    /// Acknowledged touches invariant 10 checked while GC ran (0 without a GC delay).
+    pub young_checked: u64,
     pub crashes: usize,
     pub migration: Option<MigrationSummary>,
     pub violations: Vec<String>,
@@ -96,9 +98,9 @@ impl RunResult {
     ) -> RunResult {
         let ops = shared.stats.ops.load(Ordering::Relaxed);
         let virtual_secs = elapsed.as_secs_f64();
-        let latency = CLASSES
+        let latency = OpClass::ALL
             .iter()
-            .map(|c| (c.to_string(), latency(&shared.stats.histogram(c))))
+            .map(|c| (c.name().to_string(), latency(&shared.stats.histogram(*c))))
             .filter(|(_, l)| l.count > 0)
             .collect();
         let mut locks = Vec::new();
@@ -137,6 +139,7 @@ impl RunResult {
             calls_per_op: acc.calls.total() as f64 / ops.max(1) as f64,
             refused: shared.stats.refused.load(Ordering::Relaxed),
             retries: shared.stats.retries.load(Ordering::Relaxed),
+            young_checked: shared.checker.touches_checked(),
             crashes,
             migration,
             violations: shared.checker.violations(),
@@ -166,9 +169,9 @@ impl RunResult {
 /// The side-by-side table for one seed.
 pub fn table(results: &[RunResult]) -> String {
     let mut out = String::new();
-    let classes: Vec<&str> = CLASSES
+    let classes: Vec<&str> = OpClass::ALL
         .iter()
-        .copied()
+        .map(|c| c.name())
         .filter(|c| results.iter().any(|r| r.latency.contains_key(*c)))
         .collect();
     let _ = write!(out, "{:<18} {:>9} {:>8}", "layout/policy", "ops/s", "ops");
@@ -210,6 +213,15 @@ pub fn table(results: &[RunResult]) -> String {
             })
             .collect();
         let _ = writeln!(out, "  {:<16} {}", r.label(), cells.join(" | "));
+    }
+    for r in results.iter().filter(|r| r.young_checked > 0) {
+        let _ = writeln!(
+            out,
+            "delay contract ({}): {} acknowledged touches checked inside the delay while GC ran; {} manifest puts retried after GC took an untouched blob",
+            r.label(),
+            r.young_checked,
+            r.retries
+        );
     }
     for r in results {
         if let Some(m) = &r.migration {
@@ -254,7 +266,7 @@ pub fn html(scenario: &Scenario, results: &[RunResult], command: &str) -> String
             .map(|r| (r.label(), r.throughput))
             .collect::<Vec<_>>(),
     ));
-    for class in CLASSES {
+    for class in OpClass::ALL.map(OpClass::name) {
         let rows: Vec<(String, f64)> = results
             .iter()
             .filter_map(|r| r.latency.get(class).map(|l| (r.label(), l.p99_ms)))

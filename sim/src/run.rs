@@ -69,7 +69,11 @@ async fn simulate(
     let spike = Arc::new(AtomicU64::new(1));
     let driver = driver(&disk, &scenario, spike.clone());
     let config = StoreConfig { layout, policy };
-    let shared = Arc::new(Shared::new(scenario.workload.clone(), &rng));
+    let shared = Arc::new(Shared::new(
+        scenario.workload.clone(),
+        scenario.gc.as_ref(),
+        &rng,
+    ));
     let accumulated = Arc::new(Mutex::new(Accumulated::default()));
 
     let migration = match &scenario.migration {
@@ -134,14 +138,22 @@ async fn simulate(
                     if let Some(gc) = gc {
                         let (store, shared) = (store.clone(), shared.clone());
                         tasks.push(tokio::spawn(async move {
-                            let opts =
-                                engine::gc::GcOptions::new(Duration::from_secs_f64(gc.delay_s));
+                            let opts = gc.options();
                             while !shared.stop.load(Ordering::Relaxed) {
                                 tokio::time::sleep(Duration::from_secs_f64(gc.every_s)).await;
-                                if let Err(e) = store.gc(opts).await
-                                    && e.code().is_some()
-                                {
-                                    shared.checker.violation(format!("gc: {e}"));
+                                match store.gc(opts).await {
+                                    Err(e) if e.code().is_some() => {
+                                        shared.checker.violation(format!("gc: {e}"));
+                                    }
+                                    Err(_) => {}
+                                    // Checked while clients keep pushing.
+                                    Ok(_) if !opts.delay.is_zero() => {
+                                        shared
+                                            .checker
+                                            .verify_young(&store, opts.delay, "after a gc pass")
+                                            .await;
+                                    }
+                                    Ok(_) => {}
                                 }
                             }
                         }));
@@ -208,6 +220,14 @@ async fn simulate(
     let final_store = Store::open(driver.clone(), meta.clone(), config).await;
     match &final_store {
         Ok(store) => {
+            if let Some(gc) = &scenario.gc
+                && gc.delay_s > 0.0
+            {
+                shared
+                    .checker
+                    .verify_young(store, gc.delay(), "at the end, before the final gc")
+                    .await;
+            }
             if scenario.gc.is_some() {
                 // Quiescent: no client is in flight, so every open session
                 // is abandoned.

@@ -135,6 +135,47 @@ pub struct Workload {
     pub pull_zipf: f64,
     #[serde(default)]
     pub mix: Mix,
+    /// How clients speak the push protocol (the defaults: monolithic blob
+    /// pushes after a HEAD, manifests under tags).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// How a client pushes, as registry clients do (DESIGN §7's delay
+/// contract is about exactly these steps).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protocol {
+    /// Blobs larger than this go through an upload session in chunks of
+    /// this many bytes (0: every blob in one monolithic push).
+    #[serde(default)]
+    pub chunk_bytes: u64,
+    /// Virtual pause between two chunks of a session, milliseconds: with
+    /// the chunk size it sets how long a large layer's upload takes.
+    #[serde(default)]
+    pub chunk_gap_ms: u64,
+    /// Chance that a client HEADs a blob before pushing it; otherwise it
+    /// pushes blind, as a retrying or re-pushing client does.
+    #[serde(default = "one_f")]
+    pub head_first: f64,
+    /// Chance that a missing shared layer is first mounted from another
+    /// repository (`?mount=&from=`), falling back to an upload.
+    #[serde(default)]
+    pub mount: f64,
+    /// Chance that a push puts its manifest by digest (untagged) rather
+    /// than under one of the client's tags.
+    #[serde(default)]
+    pub by_digest: f64,
+}
+
+fn one_f() -> f64 {
+    1.0
+}
+
+impl Default for Protocol {
+    fn default() -> Protocol {
+        toml::from_str("").expect("defaults")
+    }
 }
 
 fn eight() -> u64 {
@@ -177,6 +218,36 @@ pub struct Mix {
     pub delete: u64,
     #[serde(default)]
     pub head: u64,
+    /// Two images by digest, then an index over them.
+    #[serde(default)]
+    pub index: u64,
+    /// A signature (an artifact whose `subject` is an acknowledged manifest), by digest.
+    #[serde(default)]
+    pub referrer: u64,
+    /// One of the client's recent images again: every blob blind, the
+    /// manifest by digest (a CI retry).
+    #[serde(default)]
+    pub repush: u64,
+    /// An upload session started, one chunk sent, never finished.
+    #[serde(default)]
+    pub abandon: u64,
+}
+
+impl Mix {
+    /// The weights in [`crate::workload::OpClass::DRAWN`] order.
+    pub fn weights(&self) -> [u64; 9] {
+        [
+            self.push,
+            self.pull,
+            self.head,
+            self.retag,
+            self.delete,
+            self.index,
+            self.referrer,
+            self.repush,
+            self.abandon,
+        ]
+    }
 }
 
 fn ten() -> u64 {
@@ -268,6 +339,31 @@ pub struct GcSection {
     pub every_s: f64,
     #[serde(default)]
     pub delay_s: f64,
+    /// An upload session idle this long is abandoned (the engine's default
+    /// if absent; never less than the delay).
+    #[serde(default)]
+    pub upload_timeout_s: Option<f64>,
+}
+
+impl GcSection {
+    pub fn delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.delay_s)
+    }
+
+    /// The options of one periodic pass.
+    pub fn options(&self) -> engine::gc::GcOptions {
+        let opts = engine::gc::GcOptions::new(self.delay());
+        match self.upload_timeout_s {
+            Some(t) => opts.upload_timeout(std::time::Duration::from_secs_f64(t)),
+            None => opts,
+        }
+    }
+
+    /// How long a session may sit between two calls and still be live.
+    pub fn session_idle_limit(&self) -> std::time::Duration {
+        let o = self.options();
+        o.delay.max(o.upload_timeout)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -392,6 +488,9 @@ impl Scenario {
         for (key, p) in [
             ("workload.share_probability", w.share_probability),
             ("workload.hot_repo_fraction", w.hot_repo_fraction),
+            ("workload.protocol.head_first", w.protocol.head_first),
+            ("workload.protocol.mount", w.protocol.mount),
+            ("workload.protocol.by_digest", w.protocol.by_digest),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(key, "must be between 0 and 1");
@@ -403,7 +502,7 @@ impl Scenario {
                 "must be 1..=60000000 (time must advance)",
             );
         }
-        if w.mix.push + w.mix.pull + w.mix.retag + w.mix.delete + w.mix.head == 0 {
+        if w.mix.weights().iter().sum::<u64>() == 0 {
             return bad("workload.mix", "at least one weight must be positive");
         }
         match &w.layer_bytes {
@@ -423,10 +522,22 @@ impl Scenario {
                 );
             }
         }
-        if let Some(gc) = &self.gc
-            && (gc.every_s.is_nan() || gc.every_s <= 0.0)
-        {
-            return bad("gc.every_s", "must be > 0");
+        if let Some(gc) = &self.gc {
+            if gc.every_s.is_nan() || gc.every_s <= 0.0 {
+                return bad("gc.every_s", "must be > 0");
+            }
+            if !(0.0..=86_400.0).contains(&gc.delay_s) {
+                return bad("gc.delay_s", "must be between 0 and 86400");
+            }
+            if gc
+                .upload_timeout_s
+                .is_some_and(|t| !(0.0..=86_400.0).contains(&t))
+            {
+                return bad("gc.upload_timeout_s", "must be between 0 and 86400");
+            }
+        }
+        if w.protocol.chunk_gap_ms > 60_000 {
+            return bad("workload.protocol.chunk_gap_ms", "must be <= 60000");
         }
         if let Some(m) = &self.migration {
             if !matches!(m.mode.as_str(), "in_place" | "side_by_side") {

@@ -1,13 +1,20 @@
 //! The workload: clients doing what registry clients do, drawn from the seed.
 //!
-//! Push: HEAD each blob, push the missing ones, PUT the manifest under one
-//! of the client's own tags (a client retries when a GC with delay 0 took a
-//! layer before its manifest arrived). Pull: resolve an acknowledged tag,
-//! fetch the manifest, then every blob. Head, retag and delete round it off.
+//! Push: HEAD each blob (or not: a retrying client pushes blind), mount a
+//! missing shared layer from another repository or upload it (monolithic,
+//! or a session whose chunks are spread over virtual time), then PUT the
+//! manifest under one of the client's own tags or by digest (a client
+//! retries when GC took a layer before its manifest arrived). Pull: resolve
+//! an acknowledged tag, fetch the manifest, then every blob. Head, retag and
+//! delete; indexes over images pushed by digest; signatures (referrers);
+//! re-pushes of a recent image; sessions abandoned after one chunk.
 //! Layers come from a shared pool (cross-repository dedupe, the pathological
 //! fan-in when the pool is small) or are new; sizes follow the scenario.
+//!
+//! Every acknowledged blob and manifest is reported to the checker with the
+//! time its call was sent, for the delay contract (invariant 10).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -20,16 +27,78 @@ use serde_json::json;
 
 use crate::checker::{Acked, Checker, blobs_of};
 use crate::rng::Rng;
-use crate::scenario::{LayerBytes, Workload};
+use crate::scenario::{GcSection, LayerBytes, Workload};
 
-/// Operation classes, as reported.
-pub const CLASSES: [&str; 6] = ["push", "pull", "pull_quiet", "head", "retag", "delete"];
+/// What a client does in one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    Push,
+    Pull,
+    /// A pull of a repository other than the hot one (hot-repo scenarios).
+    PullQuiet,
+    Head,
+    Retag,
+    Delete,
+    Index,
+    Referrer,
+    Repush,
+    Abandon,
+}
+
+impl OpClass {
+    /// Every class, in report order.
+    pub const ALL: [OpClass; 10] = [
+        OpClass::Push,
+        OpClass::Pull,
+        OpClass::PullQuiet,
+        OpClass::Head,
+        OpClass::Retag,
+        OpClass::Delete,
+        OpClass::Index,
+        OpClass::Referrer,
+        OpClass::Repush,
+        OpClass::Abandon,
+    ];
+
+    /// The classes a client draws, in the order of [`crate::scenario::Mix::weights`].
+    pub const DRAWN: [OpClass; 9] = [
+        OpClass::Push,
+        OpClass::Pull,
+        OpClass::Head,
+        OpClass::Retag,
+        OpClass::Delete,
+        OpClass::Index,
+        OpClass::Referrer,
+        OpClass::Repush,
+        OpClass::Abandon,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpClass::Push => "push",
+            OpClass::Pull => "pull",
+            OpClass::PullQuiet => "pull_quiet",
+            OpClass::Head => "head",
+            OpClass::Retag => "retag",
+            OpClass::Delete => "delete",
+            OpClass::Index => "index",
+            OpClass::Referrer => "referrer",
+            OpClass::Repush => "repush",
+            OpClass::Abandon => "abandon",
+        }
+    }
+
+    /// Whether it writes (hot-repo scenarios send every write to the hot repository).
+    fn writes(self) -> bool {
+        !matches!(self, OpClass::Pull | OpClass::PullQuiet | OpClass::Head)
+    }
+}
 
 /// Per-class latency (virtual nanoseconds) and outcome counts, shared by
 /// every client and surviving node restarts.
 #[derive(Debug)]
 pub struct Stats {
-    latency: Mutex<HashMap<&'static str, Histogram<u64>>>,
+    latency: Mutex<HashMap<OpClass, Histogram<u64>>>,
     pub ops: AtomicU64,
     pub store_ops: AtomicU64,
     pub refused: AtomicU64,
@@ -38,7 +107,7 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Stats {
-        let latency = CLASSES
+        let latency = OpClass::ALL
             .iter()
             .map(|c| (*c, engine::lock::histogram()))
             .collect();
@@ -53,19 +122,19 @@ impl Default for Stats {
 }
 
 impl Stats {
-    fn record(&self, class: &'static str, d: Duration) {
+    fn record(&self, class: OpClass, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.latency
             .lock()
             .unwrap()
-            .get_mut(class)
+            .get_mut(&class)
             .expect("known class")
             .saturating_record(ns);
         self.ops.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn histogram(&self, class: &str) -> Histogram<u64> {
-        self.latency.lock().unwrap()[class].clone()
+    pub fn histogram(&self, class: OpClass) -> Histogram<u64> {
+        self.latency.lock().unwrap()[&class].clone()
     }
 }
 
@@ -78,6 +147,11 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Per-client generator and operation count.
     pub clients: Vec<Mutex<(Rng, u64)>>,
+    /// Per client, its last few acknowledged images (for re-pushes).
+    recent: Vec<Mutex<VecDeque<Recent>>>,
+    /// How long a session may sit between two calls and still be live
+    /// (`None`: no GC, nothing cancels sessions).
+    session_idle_limit: Option<Duration>,
     pub finished: AtomicU64,
     pool_seed: u64,
     /// The shared layers, built on first use: every push and HEAD of a pool
@@ -85,20 +159,41 @@ pub struct Shared {
     pool: Vec<OnceLock<(Digest, Bytes)>>,
 }
 
+/// An image a client pushed and got acknowledged.
+#[derive(Debug, Clone)]
+struct Recent {
+    repo: RepoName,
+    blobs: Vec<(Digest, Bytes)>,
+    media_type: &'static str,
+    manifest: Bytes,
+}
+
+/// How many recent images a client remembers for re-pushes.
+const RECENT: usize = 4;
+
 impl Shared {
-    pub fn new(workload: Workload, rng: &Rng) -> Shared {
+    /// `gc`: the scenario's periodic GC, whose delay and session limit the
+    /// clients and the checker hold it to.
+    pub fn new(workload: Workload, gc: Option<&GcSection>, rng: &Rng) -> Shared {
         let clients = (0..workload.clients)
             .map(|c| Mutex::new((rng.fork(100 + c), 0)))
             .collect();
+        let recent = (0..workload.clients).map(|_| Mutex::default()).collect();
         let pool = (0..workload.shared_layers)
             .map(|_| OnceLock::new())
             .collect();
         Shared {
             workload,
-            checker: Checker::default(),
+            checker: if gc.is_some_and(|gc| gc.delay_s > 0.0) {
+                Checker::with_touches()
+            } else {
+                Checker::default()
+            },
             stats: Stats::default(),
             stop: AtomicBool::new(false),
             clients,
+            recent,
+            session_idle_limit: gc.map(GcSection::session_idle_limit),
             finished: AtomicU64::new(0),
             pool_seed: rng.fork(7).next(),
             pool,
@@ -161,7 +256,6 @@ impl Shared {
                 blobs.push(content(rng.next(), len));
             }
         }
-        let desc = |mt: &str, (d, b): &(Digest, Bytes)| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
         let manifest = json!({
             "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
             "config": desc(media::OCI_CONFIG, &blobs[0]),
@@ -172,6 +266,47 @@ impl Shared {
             Bytes::from(serde_json::to_vec(&manifest).expect("json")),
         )
     }
+}
+
+fn desc(media_type: &str, (d, b): &(Digest, Bytes)) -> serde_json::Value {
+    json!({"mediaType": media_type, "digest": d.to_string(), "size": b.len()})
+}
+
+/// An OCI index over `children` (image manifests), one platform each.
+fn index_over(children: &[(Digest, Bytes)]) -> Bytes {
+    const ARCHES: [&str; 4] = ["amd64", "arm64", "s390x", "ppc64le"];
+    let manifests: Vec<_> = children
+        .iter()
+        .zip(ARCHES.iter().cycle())
+        .map(|(c, arch)| {
+            let mut d = desc(media::OCI_MANIFEST, c);
+            d["platform"] = json!({"architecture": arch, "os": "linux"});
+            d
+        })
+        .collect();
+    let index = json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests});
+    Bytes::from(serde_json::to_vec(&index).expect("json"))
+}
+
+/// A signature artifact over `subject`: the empty config, one small layer.
+fn signature_of(
+    subject: (&str, &Digest, usize),
+    signature: &(Digest, Bytes),
+) -> (Vec<(Digest, Bytes)>, Bytes) {
+    let empty = Bytes::from_static(b"{}");
+    let config = (Digest::sha256(&empty), empty);
+    let (media_type, digest, size) = subject;
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": desc(media::OCI_EMPTY, &config),
+        "layers": [desc("application/vnd.example.signature.v1", signature)],
+        "subject": {"mediaType": media_type, "digest": digest.to_string(), "size": size},
+    });
+    (
+        vec![config, signature.clone()],
+        Bytes::from(serde_json::to_vec(&manifest).expect("json")),
+    )
 }
 
 fn now() -> tokio::time::Instant {
@@ -211,13 +346,7 @@ pub async fn preload(store: &Store, shared: &Shared, rng: &Rng) {
 /// One client, until the run stops or its operation budget is spent.
 pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
     let w = shared.workload.clone();
-    let weights = [
-        w.mix.push,
-        w.mix.pull,
-        w.mix.head,
-        w.mix.retag,
-        w.mix.delete,
-    ];
+    let weights = w.mix.weights();
     let total: u64 = weights.iter().sum();
     loop {
         if shared.stop.load(Ordering::Relaxed) {
@@ -246,12 +375,11 @@ pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
                     false
                 }
             })
-            .unwrap_or(0);
-        let write = matches!(class, 0 | 3 | 4);
+            .map_or(OpClass::Push, |i| OpClass::DRAWN[i]);
         let repo_i = if w.client_owns_repo {
             id % w.repos
         } else if w.hot_repo_fraction > 0.0 {
-            if write || w.repos == 1 || rng.unit() < w.hot_repo_fraction {
+            if class.writes() || w.repos == 1 || rng.unit() < w.hot_repo_fraction {
                 0
             } else {
                 1 + rng.below(w.repos - 1)
@@ -261,14 +389,24 @@ pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
         };
         let repo = repo_name(repo_i);
         let started = now();
-        let name = match class {
-            0 => push(id, &store, &shared, &repo, &mut rng).await,
-            1 => pull(&store, &shared, &repo, &mut rng, repo_i != 0).await,
-            2 => head(&store, &shared, &repo, &mut rng).await,
-            3 => retag(id, &store, &shared, &repo, &mut rng).await,
-            _ => delete(id, &store, &shared, &repo, &mut rng).await,
+        let c = Client {
+            id,
+            store: &store,
+            shared: &shared,
+            repo: &repo,
         };
-        shared.stats.record(name, started.elapsed());
+        let class = match class {
+            OpClass::Push => c.push(&mut rng).await,
+            OpClass::Pull | OpClass::PullQuiet => c.pull(&mut rng, repo_i != 0).await,
+            OpClass::Head => c.head(&mut rng).await,
+            OpClass::Retag => c.retag(&mut rng).await,
+            OpClass::Delete => c.delete(&mut rng).await,
+            OpClass::Index => c.index(&mut rng).await,
+            OpClass::Referrer => c.referrer(&mut rng).await,
+            OpClass::Repush => c.repush(&mut rng).await,
+            OpClass::Abandon => c.abandon(&mut rng).await,
+        };
+        shared.stats.record(class, started.elapsed());
         tokio::time::sleep(Duration::from_micros(w.think_us)).await;
     }
     shared.finished.fetch_add(1, Ordering::Relaxed);
@@ -285,177 +423,457 @@ fn refused(shared: &Shared, e: &engine::StoreError) {
     }
 }
 
-async fn push(
+/// Where a manifest goes: under a tag (tracked for invariants 1 and 2) or
+/// by its digest.
+enum Target {
+    Tag(String),
+    Digest,
+}
+
+/// One client's view for one operation.
+struct Client<'a> {
     id: u64,
-    store: &Store,
-    shared: &Shared,
-    repo: &RepoName,
-    rng: &mut Rng,
-) -> &'static str {
-    let (blobs, manifest) = shared.image(rng);
-    let tag = own_tag(id, rng.below(3));
-    let digest = Digest::sha256(&manifest);
-    for attempt in 0..4 {
-        for (d, data) in &blobs {
-            shared.stats.store_ops.fetch_add(1, Ordering::Relaxed);
-            if store.stat_blob(repo, d).await.is_ok() {
-                continue;
-            }
-            shared.stats.store_ops.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = store.push_blob(repo, d, data.clone()).await {
-                refused(shared, &e);
-                return "push";
+    store: &'a Store,
+    shared: &'a Shared,
+    repo: &'a RepoName,
+}
+
+impl Client<'_> {
+    fn count(&self, store_ops: u64) {
+        self.shared
+            .stats
+            .store_ops
+            .fetch_add(store_ops, Ordering::Relaxed);
+    }
+
+    /// Sends one blob the way the scenario's clients do: a mount from
+    /// another repository if drawn and possible, else one monolithic push
+    /// or an upload session whose chunks are spread over virtual time.
+    async fn send_blob(
+        &self,
+        rng: &mut Rng,
+        (d, data): &(Digest, Bytes),
+        shared_layer: bool,
+    ) -> Result<(), engine::StoreError> {
+        let p = &self.shared.workload.protocol;
+        if shared_layer && p.mount > 0.0 && rng.unit() < p.mount {
+            let from = repo_name(rng.below(self.shared.workload.repos));
+            let sent = now();
+            self.count(1);
+            if from != *self.repo && self.store.mount_blob(&from, self.repo, d).await? {
+                self.shared.checker.touch_blob(sent, self.repo, d);
+                return Ok(());
             }
         }
-        let acked = Acked {
-            digest: digest.clone(),
-            blobs: blobs_of(media::OCI_MANIFEST, &manifest),
+        let chunk = p.chunk_bytes as usize;
+        if chunk == 0 || data.len() <= chunk {
+            let sent = now();
+            self.count(1);
+            self.store.push_blob(self.repo, d, data.clone()).await?;
+            self.shared.checker.touch_blob(sent, self.repo, d);
+            return Ok(());
+        }
+        let gap = Duration::from_millis(p.chunk_gap_ms);
+        self.count(1);
+        let id = self.store.start_upload(self.repo).await?;
+        let mut offset = 0;
+        let mut last_call = now();
+        while data.len() - offset > chunk {
+            let piece = data.slice(offset..offset + chunk);
+            let range = (offset as u64, (offset + chunk) as u64 - 1);
+            self.count(1);
+            let sent = now();
+            let idle = sent.duration_since(last_call);
+            let r = self.store.upload_chunk(&id, Some(range), piece).await;
+            self.session_answer(&r, idle, d);
+            r?;
+            offset += chunk;
+            last_call = now();
+            tokio::time::sleep(gap).await;
+        }
+        self.count(1);
+        let sent = now();
+        let idle = sent.duration_since(last_call);
+        let r = self
+            .store
+            .finish_upload(&id, d, Some(data.slice(offset..)))
+            .await;
+        self.session_answer(&r, idle, d);
+        r?;
+        self.shared.checker.touch_blob(sent, self.repo, d);
+        Ok(())
+    }
+
+    /// A session call refused as unknown after an idle time shorter than
+    /// GC's session limit: GC cancelled a live upload (invariant 10).
+    fn session_answer<T>(&self, r: &Result<T, engine::StoreError>, idle: Duration, d: &Digest) {
+        if let Err(e) = r
+            && e.code() == Some(ErrorCode::BlobUploadUnknown)
+            && self
+                .shared
+                .session_idle_limit
+                .is_some_and(|limit| idle < limit)
+        {
+            self.shared.checker.violation(format!(
+                "upload of {d} to {}: session cancelled after {idle:?} idle, inside the session limit {:?}: {e} (invariant 10)",
+                self.repo, self.shared.session_idle_limit
+            ));
+        }
+    }
+
+    /// HEADs (if drawn) and sends every blob the repository lacks.
+    async fn send_blobs(
+        &self,
+        rng: &mut Rng,
+        blobs: &[(Digest, Bytes)],
+        blind: bool,
+    ) -> Result<(), engine::StoreError> {
+        let head_first = self.shared.workload.protocol.head_first;
+        for (i, blob) in blobs.iter().enumerate() {
+            let head = !blind && (head_first >= 1.0 || rng.unit() < head_first);
+            if head {
+                self.count(1);
+                if self.store.stat_blob(self.repo, &blob.0).await.is_ok() {
+                    continue;
+                }
+            }
+            // The config (first) is the image's own; layers may be shared.
+            self.send_blob(rng, blob, i > 0).await?;
+        }
+        Ok(())
+    }
+
+    /// PUTs a manifest; on success reports it (and its tag) to the checker.
+    async fn put_manifest(
+        &self,
+        target: &Target,
+        media_type: &str,
+        manifest: &Bytes,
+    ) -> Result<(), engine::StoreError> {
+        let checker = &self.shared.checker;
+        let reference = match target {
+            Target::Tag(tag) => {
+                let acked = Acked {
+                    digest: Digest::sha256(manifest),
+                    blobs: blobs_of(media_type, manifest),
+                };
+                checker.begin(self.repo, tag, Some(acked));
+                Reference::Tag(Tag::parse(tag).expect("valid"))
+            }
+            Target::Digest => Reference::Digest(Digest::sha256(manifest)),
+        };
+        self.count(1);
+        let sent = now();
+        let result = self
+            .store
+            .put_manifest(self.repo, &reference, media_type, manifest.clone())
+            .await;
+        if let Target::Tag(tag) = target {
+            match &result {
+                Ok(_) => checker.ack(self.repo, tag),
+                Err(_) => checker.abandon(self.repo, tag),
+            }
+        }
+        result?;
+        checker.touch_manifest(sent, self.repo, media_type, manifest);
+        Ok(())
+    }
+
+    /// Blobs, then the manifest; a manifest refused for a missing blob (GC
+    /// took one the client had not touched within the delay) is retried,
+    /// sending what is missing again.
+    async fn push_image(
+        &self,
+        rng: &mut Rng,
+        blobs: &[(Digest, Bytes)],
+        media_type: &'static str,
+        manifest: &Bytes,
+        target: &Target,
+        blind: bool,
+    ) -> bool {
+        for attempt in 0..4 {
+            if let Err(e) = self.send_blobs(rng, blobs, blind && attempt == 0).await {
+                refused(self.shared, &e);
+                return false;
+            }
+            match self.put_manifest(target, media_type, manifest).await {
+                Ok(()) => {
+                    self.remember(blobs, media_type, manifest);
+                    return true;
+                }
+                Err(e) if e.code() == Some(ErrorCode::ManifestBlobUnknown) && attempt < 3 => {
+                    self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    refused(self.shared, &e);
+                    if e.code().is_some() && e.code() != Some(ErrorCode::ManifestBlobUnknown) {
+                        self.shared
+                            .checker
+                            .violation(format!("push to {}: unexpected {e}", self.repo));
+                    }
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    fn remember(&self, blobs: &[(Digest, Bytes)], media_type: &'static str, manifest: &Bytes) {
+        if self.shared.workload.mix.repush == 0 {
+            return;
+        }
+        let mut recent = self.shared.recent[self.id as usize].lock().unwrap();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(Recent {
+            repo: self.repo.clone(),
+            blobs: blobs.to_vec(),
+            media_type,
+            manifest: manifest.clone(),
+        });
+    }
+
+    async fn push(&self, rng: &mut Rng) -> OpClass {
+        let (blobs, manifest) = self.shared.image(rng);
+        let tag = own_tag(self.id, rng.below(3));
+        let by_digest = self.shared.workload.protocol.by_digest;
+        let target = if by_digest > 0.0 && rng.unit() < by_digest {
+            Target::Digest
+        } else {
+            Target::Tag(tag)
+        };
+        self.push_image(rng, &blobs, media::OCI_MANIFEST, &manifest, &target, false)
+            .await;
+        OpClass::Push
+    }
+
+    /// Two images by digest (their layers take as long as the protocol
+    /// says), then an index over them, by digest or under a tag: the
+    /// index's children may be older than the delay when it arrives.
+    async fn index(&self, rng: &mut Rng) -> OpClass {
+        let children = [self.shared.image(rng), self.shared.image(rng)];
+        let by_digest = rng.unit() < self.shared.workload.protocol.by_digest.max(0.5);
+        let target = if by_digest {
+            Target::Digest
+        } else {
+            Target::Tag(own_tag(self.id, rng.below(3)))
+        };
+        let body = index_over(
+            &children
+                .iter()
+                .map(|(_, m)| (Digest::sha256(m), m.clone()))
+                .collect::<Vec<_>>(),
+        );
+        for attempt in 0..3 {
+            for (blobs, manifest) in &children {
+                let pushed = self
+                    .push_image(
+                        rng,
+                        blobs,
+                        media::OCI_MANIFEST,
+                        manifest,
+                        &Target::Digest,
+                        false,
+                    )
+                    .await;
+                if !pushed {
+                    return OpClass::Index;
+                }
+            }
+            match self.put_manifest(&target, media::OCI_INDEX, &body).await {
+                Ok(()) => break,
+                // A child went before its index arrived: put it again.
+                Err(e) if e.code() == Some(ErrorCode::ManifestBlobUnknown) && attempt < 2 => {
+                    self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    refused(self.shared, &e);
+                    break;
+                }
+            }
+        }
+        OpClass::Index
+    }
+
+    /// A signature over an acknowledged manifest of the repository.
+    async fn referrer(&self, rng: &mut Rng) -> OpClass {
+        let checker = &self.shared.checker;
+        let Some((_, subject)) = checker.acked_tag(self.repo, |n| rng.below(n as u64) as usize)
+        else {
+            return OpClass::Referrer;
+        };
+        let signature = content(rng.next(), 64 + rng.below(400) as usize);
+        self.count(1);
+        let Ok(m) = self
+            .store
+            .get_manifest(self.repo, &Reference::Digest(subject.digest.clone()))
+            .await
+        else {
+            return OpClass::Referrer; // its tag moved and GC took it meanwhile
+        };
+        let (blobs, manifest) = signature_of((&m.media_type, &m.digest, m.body.len()), &signature);
+        self.push_image(
+            rng,
+            &blobs,
+            media::OCI_MANIFEST,
+            &manifest,
+            &Target::Digest,
+            false,
+        )
+        .await;
+        OpClass::Referrer
+    }
+
+    /// One of this client's recent images into its repository again:
+    /// every blob pushed blind, the manifest put by digest. Each is a touch
+    /// that restarts the item's age, however long ago GC marked it.
+    async fn repush(&self, rng: &mut Rng) -> OpClass {
+        let recent: Vec<Recent> = self.shared.recent[self.id as usize]
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| &r.repo == self.repo)
+            .cloned()
+            .collect();
+        if recent.is_empty() {
+            return OpClass::Repush;
+        }
+        let r = &recent[rng.below(recent.len() as u64) as usize];
+        self.push_image(
+            rng,
+            &r.blobs,
+            r.media_type,
+            &r.manifest,
+            &Target::Digest,
+            true,
+        )
+        .await;
+        OpClass::Repush
+    }
+
+    /// A session started, one chunk sent, then the client walks away.
+    async fn abandon(&self, rng: &mut Rng) -> OpClass {
+        let (_, chunk) = content(rng.next(), 256 + rng.below(4096) as usize);
+        self.count(2);
+        match self.store.start_upload(self.repo).await {
+            Ok(id) => {
+                if let Err(e) = self.store.upload_chunk(&id, None, chunk).await {
+                    refused(self.shared, &e);
+                }
+            }
+            Err(e) => refused(self.shared, &e),
+        }
+        OpClass::Abandon
+    }
+
+    async fn pull(&self, rng: &mut Rng, quiet: bool) -> OpClass {
+        let (store, shared, repo) = (self.store, self.shared, self.repo);
+        let class = if quiet && shared.workload.hot_repo_fraction > 0.0 {
+            OpClass::PullQuiet
+        } else {
+            OpClass::Pull
+        };
+        let Some((tag, _)) = shared
+            .checker
+            .acked_tag(repo, |n| rng.below(n as u64) as usize)
+        else {
+            self.count(1);
+            let _ = store.tags(repo, None, None).await;
+            return class;
+        };
+        self.count(1);
+        let Ok(m) = store
+            .get_manifest(repo, &Reference::Tag(Tag::parse(&tag).expect("valid")))
+            .await
+        else {
+            return class; // moved or deleted meanwhile
+        };
+        if Digest::of(m.digest.algorithm(), &m.body) != m.digest {
+            shared.checker.violation(format!(
+                "pull {repo}:{tag}: manifest bytes do not hash to {} (invariant 6)",
+                m.digest
+            ));
+        }
+        for d in blobs_of(&m.media_type, &m.body) {
+            self.count(1);
+            if let Ok(bytes) = store.get_blob(repo, &d).await
+                && Digest::of(d.algorithm(), &bytes) != d
+            {
+                shared.checker.violation(format!(
+                    "pull {repo}: blob {d} served wrong bytes (invariant 6)"
+                ));
+            }
+        }
+        class
+    }
+
+    async fn head(&self, rng: &mut Rng) -> OpClass {
+        let (d, _) = self
+            .shared
+            .pool_layer(rng.below(self.shared.workload.shared_layers.max(1)));
+        self.count(1);
+        let _ = self.store.stat_blob(self.repo, &d).await;
+        OpClass::Head
+    }
+
+    async fn retag(&self, rng: &mut Rng) -> OpClass {
+        let (store, shared, repo) = (self.store, self.shared, self.repo);
+        let Some((_, acked)) = shared
+            .checker
+            .acked_tag(repo, |n| rng.below(n as u64) as usize)
+        else {
+            return OpClass::Retag;
+        };
+        let tag = own_tag(self.id, rng.below(3));
+        self.count(2);
+        let Ok(m) = store
+            .get_manifest(repo, &Reference::Digest(acked.digest.clone()))
+            .await
+        else {
+            return OpClass::Retag;
         };
         shared.checker.begin(repo, &tag, Some(acked));
-        shared.stats.store_ops.fetch_add(1, Ordering::Relaxed);
-        let reference = Reference::Tag(Tag::parse(&tag).expect("valid"));
+        let sent = now();
         match store
-            .put_manifest(repo, &reference, media::OCI_MANIFEST, manifest.clone())
+            .put_manifest(
+                repo,
+                &Reference::Tag(Tag::parse(&tag).expect("valid")),
+                &m.media_type,
+                m.body.clone(),
+            )
             .await
         {
             Ok(_) => {
                 shared.checker.ack(repo, &tag);
-                return "push";
+                shared
+                    .checker
+                    .touch_manifest(sent, repo, &m.media_type, &m.body);
             }
-            Err(e) if e.code() == Some(ErrorCode::ManifestBlobUnknown) && attempt < 3 => {
+            Err(e) => {
+                // Its blobs may have been collected since (an untagged image).
                 shared.checker.abandon(repo, &tag);
-                shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                refused(shared, &e);
             }
+        }
+        OpClass::Retag
+    }
+
+    async fn delete(&self, rng: &mut Rng) -> OpClass {
+        let (store, shared, repo) = (self.store, self.shared, self.repo);
+        let tag = own_tag(self.id, rng.below(3));
+        shared.checker.begin(repo, &tag, None);
+        self.count(1);
+        match store
+            .delete_manifest(repo, &Reference::Tag(Tag::parse(&tag).expect("valid")))
+            .await
+        {
+            Ok(()) => shared.checker.ack(repo, &tag),
             Err(e) => {
                 shared.checker.abandon(repo, &tag);
                 refused(shared, &e);
-                if e.code().is_some() && e.code() != Some(ErrorCode::ManifestBlobUnknown) {
-                    shared
-                        .checker
-                        .violation(format!("push to {repo}: unexpected {e}"));
-                }
-                return "push";
             }
         }
+        OpClass::Delete
     }
-    "push"
-}
-
-async fn pull(
-    store: &Store,
-    shared: &Shared,
-    repo: &RepoName,
-    rng: &mut Rng,
-    quiet: bool,
-) -> &'static str {
-    let class = if quiet && shared.workload.hot_repo_fraction > 0.0 {
-        "pull_quiet"
-    } else {
-        "pull"
-    };
-    let Some((tag, _)) = shared
-        .checker
-        .acked_tag(repo, |n| rng.below(n as u64) as usize)
-    else {
-        shared.stats.store_ops.fetch_add(1, Ordering::Relaxed);
-        let _ = store.tags(repo, None, None).await;
-        return class;
-    };
-    shared.stats.store_ops.fetch_add(1, Ordering::Relaxed);
-    let Ok(m) = store
-        .get_manifest(repo, &Reference::Tag(Tag::parse(&tag).expect("valid")))
-        .await
-    else {
-        return class; // moved or deleted meanwhile
-    };
-    if Digest::of(m.digest.algorithm(), &m.body) != m.digest {
-        shared.checker.violation(format!(
-            "pull {repo}:{tag}: manifest bytes do not hash to {} (invariant 6)",
-            m.digest
-        ));
-    }
-    for d in blobs_of(&m.media_type, &m.body) {
-        shared.stats.store_ops.fetch_add(1, Ordering::Relaxed);
-        if let Ok(bytes) = store.get_blob(repo, &d).await
-            && Digest::of(d.algorithm(), &bytes) != d
-        {
-            shared.checker.violation(format!(
-                "pull {repo}: blob {d} served wrong bytes (invariant 6)"
-            ));
-        }
-    }
-    class
-}
-
-async fn head(store: &Store, shared: &Shared, repo: &RepoName, rng: &mut Rng) -> &'static str {
-    let (d, _) = shared.pool_layer(rng.below(shared.workload.shared_layers.max(1)));
-    shared.stats.store_ops.fetch_add(1, Ordering::Relaxed);
-    let _ = store.stat_blob(repo, &d).await;
-    "head"
-}
-
-async fn retag(
-    id: u64,
-    store: &Store,
-    shared: &Shared,
-    repo: &RepoName,
-    rng: &mut Rng,
-) -> &'static str {
-    let prefix = format!("c{id}-");
-    let Some((_, acked)) = shared
-        .checker
-        .acked_tag(repo, |n| rng.below(n as u64) as usize)
-    else {
-        return "retag";
-    };
-    let tag = own_tag(id, rng.below(3));
-    debug_assert!(tag.starts_with(&prefix));
-    shared.stats.store_ops.fetch_add(2, Ordering::Relaxed);
-    let Ok(m) = store
-        .get_manifest(repo, &Reference::Digest(acked.digest.clone()))
-        .await
-    else {
-        return "retag";
-    };
-    shared.checker.begin(repo, &tag, Some(acked));
-    match store
-        .put_manifest(
-            repo,
-            &Reference::Tag(Tag::parse(&tag).expect("valid")),
-            &m.media_type,
-            m.body,
-        )
-        .await
-    {
-        Ok(_) => shared.checker.ack(repo, &tag),
-        Err(e) => {
-            // Its blobs may have been collected since (an untagged image).
-            shared.checker.abandon(repo, &tag);
-            refused(shared, &e);
-        }
-    }
-    "retag"
-}
-
-async fn delete(
-    id: u64,
-    store: &Store,
-    shared: &Shared,
-    repo: &RepoName,
-    rng: &mut Rng,
-) -> &'static str {
-    let tag = own_tag(id, rng.below(3));
-    shared.checker.begin(repo, &tag, None);
-    shared.stats.store_ops.fetch_add(1, Ordering::Relaxed);
-    match store
-        .delete_manifest(repo, &Reference::Tag(Tag::parse(&tag).expect("valid")))
-        .await
-    {
-        Ok(()) => shared.checker.ack(repo, &tag),
-        Err(e) => {
-            shared.checker.abandon(repo, &tag);
-            refused(shared, &e);
-        }
-    }
-    "delete"
 }

@@ -73,6 +73,23 @@ fn crashes_gc_and_fan_in_sweep() {
     }
 }
 
+/// The GC delay contract (invariant 10) under client-like pushes, on both
+/// layouts and every policy, through power cuts; and the check ran (a
+/// contract checked against nothing would pass as well).
+#[test]
+fn gc_delay_contract_sweep() {
+    sweep("scenarios/gc-delay-clients.toml", "2");
+    let (code, stdout, stderr) = sim(&["scenarios/gc-delay-clients.toml", "--seed", "3"]);
+    assert_eq!(code, 0, "exit {code}\n{stdout}\n{stderr}");
+    let checked: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.starts_with("delay contract ("))
+        .filter_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(checked.len(), 6, "{stdout}");
+    assert!(checked.iter().all(|n| *n >= 20), "{checked:?}\n{stdout}");
+}
+
 #[test]
 fn migrations_under_crashes_and_full_disks_sweep() {
     for s in [
