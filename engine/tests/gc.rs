@@ -965,3 +965,44 @@ async fn a_repository_with_only_a_live_upload_is_not_removed() {
     })
     .await;
 }
+
+/// A sweep whose delete fails after taking effect (a lost response) must
+/// not leave the layout vouching for the deleted copy: on an object store a
+/// remembered copy is trusted without a stat, so the next push of that
+/// digest would write nothing and acknowledge a blob that is gone.
+#[tokio::test]
+async fn a_sweep_delete_that_fails_after_taking_effect_is_not_trusted() {
+    for backend in [Backend::ObjectMemory, Backend::ObjectDir, Backend::Fs] {
+        for policy in LockPolicy::ALL {
+            let faulty = std::sync::Mutex::new(None);
+            let h = harness_wrapped(LayoutKind::Blobstore, policy, backend, |d| {
+                let f = Faulty::new(d);
+                *faulty.lock().unwrap() = Some(f.clone());
+                f
+            })
+            .await;
+            let faulty = faulty.lock().unwrap().take().unwrap();
+            let s = &h.store;
+            let r = repo("lost-delete");
+            let (d, data) = blob(4242, 500);
+            s.push_blob(&r, &d, data.clone()).await.unwrap();
+            s.delete_blob(&r, &d).await.unwrap();
+            faulty.fail_next_delete_after_effect("_blobstore/");
+            let e = s.gc(NOW).await.unwrap_err();
+            assert!(
+                e.to_string().contains("after the delete"),
+                "{}: {e}",
+                h.label
+            );
+            s.push_blob(&r, &d, data.clone()).await.unwrap();
+            let got = s.get_blob(&r, &d).await;
+            assert_eq!(
+                got.as_ref().ok(),
+                Some(&data),
+                "{}: a push acknowledged after the lost delete: {got:?}",
+                h.label
+            );
+            assert_clean(s, &h.label).await;
+        }
+    }
+}

@@ -219,8 +219,10 @@ impl BlobLayout for BlobstoreLayout {
     async fn remove(&self, repo: &RepoName, digest: &Digest) -> StoreResult<()> {
         if self.local {
             let link = repo_blob(repo, digest);
-            self.driver.delete(&link).await?;
+            // Forgotten first: a delete that fails after taking effect must
+            // not leave the cache vouching for a name that is gone.
             self.verifier.forget(&link);
+            self.driver.delete(&link).await?;
             self.driver.sync_dir(link.parent().as_ref()).await?;
             return Ok(());
         }
@@ -266,10 +268,14 @@ impl BlobLayout for BlobstoreLayout {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        self.driver.delete(&bs).await?;
         // No repository holds it, so this is its only name: forget just it
         // (distrust() walks the whole cache, and a sweep deletes thousands).
+        // Forgotten before the delete: an object store's DELETE can fail
+        // after taking effect, and a remembered stamp is trusted without a
+        // stat there, so the next push of the digest would skip writing the
+        // bytes and acknowledge a blob that is gone.
         self.verifier.forget(&bs);
+        self.driver.delete(&bs).await?;
         self.driver.sync_dir(bs.parent().as_ref()).await?;
         Ok(Some(size))
     }

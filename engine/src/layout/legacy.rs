@@ -340,8 +340,9 @@ impl BlobLayout for LegacyLayout {
         } else if entry.duplicates.remove(path.as_str()) {
             self.save(digest, &entry).await?;
         }
-        self.driver.delete(&path).await?;
+        // Forgotten first: see `BlobstoreLayout::sweep`.
         self.verifier.forget(&path);
+        self.driver.delete(&path).await?;
         self.driver.sync_dir(path.parent().as_ref()).await?;
         Ok(())
     }

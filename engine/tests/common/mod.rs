@@ -358,3 +358,96 @@ impl Driver for Gated {
         self.inner.sync_dir(dir).await
     }
 }
+
+/// A driver with faults the real backends show now and then; each is off
+/// until a test turns it on.
+#[derive(Debug)]
+pub struct Faulty {
+    inner: Arc<dyn Driver>,
+    /// The next delete of a path below this prefix removes the object,
+    /// then reports a failure anyway (an object store's DELETE whose
+    /// response is lost).
+    delete_fails_after_effect: std::sync::Mutex<Option<String>>,
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<dyn Driver>) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner,
+            delete_fails_after_effect: std::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn fail_next_delete_after_effect(&self, prefix: &str) {
+        *self.delete_fails_after_effect.lock().unwrap() = Some(prefix.to_owned());
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for Faulty {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
+        self.inner.stat(path).await
+    }
+
+    async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
+        self.inner.get(path, range).await
+    }
+
+    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
+        self.inner.writer(path, mode).await
+    }
+
+    async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
+        self.inner.put(path, data, mode).await
+    }
+
+    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
+        self.inner.list(prefix).await
+    }
+
+    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
+        self.inner.list_dir(prefix).await
+    }
+
+    async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
+        self.inner.delete(path).await?;
+        let mut armed = self.delete_fails_after_effect.lock().unwrap();
+        if armed
+            .as_deref()
+            .is_some_and(|prefix| path.as_str().starts_with(prefix))
+        {
+            *armed = None;
+            return Err(engine::driver::DriverError::Io {
+                driver: "faulty",
+                op: "delete",
+                path: path.to_string(),
+                source: std::io::Error::other("connection reset after the delete took effect"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        self.inner.hard_link(src, dst).await
+    }
+
+    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        self.inner.rename(src, dst).await
+    }
+
+    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
+        self.inner.copy(src, dst, mode).await
+    }
+
+    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
+        self.inner.sync_dir(dir).await
+    }
+}
