@@ -42,6 +42,17 @@ async fn chunked_uploads_check_ranges_and_sizes(h: &Harness) {
         4,
         "a refused chunk changed the upload"
     );
+    // A range whose length does not fit in u64 (`end - start + 1`) is a
+    // size error, not an overflow.
+    let fresh = s.start_upload(&r).await.unwrap();
+    for range in [(0, u64::MAX), (0, u64::MAX - 1)] {
+        let e = s
+            .upload_chunk(&fresh, Some(range), data.slice(0..4))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(ErrorCode::SizeInvalid), "{range:?}: {e}");
+    }
+    s.cancel_upload(&fresh).await.unwrap();
     // Streamed (no range) chunk, then finish with the last bytes.
     assert_eq!(
         s.upload_chunk(&id, None, data.slice(4..8)).await.unwrap(),

@@ -208,7 +208,14 @@ impl Store {
             Some((start, _)) if start != offset => Err(StoreError::BlobUploadInvalid {
                 reason: format!("chunk starts at {start}, upload is at {offset}"),
             }),
-            Some((start, end)) if end < start || end - start + 1 != data.len() as u64 => {
+            // `end` is inclusive and client-chosen: `0-18446744073709551615`
+            // is a length one past u64, so the arithmetic is checked.
+            Some((start, end))
+                if end
+                    .checked_sub(start)
+                    .and_then(|n| n.checked_add(1))
+                    .is_none_or(|len| len != data.len() as u64) =>
+            {
                 Err(StoreError::SizeInvalid {
                     reason: format!(
                         "range {start}-{end} does not match a {}-byte chunk",
