@@ -118,26 +118,39 @@ impl<F: PosixFs> PosixDriver<F> {
 
     /// mkdir -p of `dir`'s chain; every directory created is made durable by
     /// an fsync of its parent before this returns.
+    ///
+    /// A concurrent delete removes parents it empties, so a directory this
+    /// found or made can be gone by the next step (its child's mkdir, or
+    /// its parent's fsync, says `NotFound`): the chain is then walked again.
     async fn ensure_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
         let Some(dir) = dir else { return Ok(()) };
         if self.fs.stat(dir.as_str()).await.is_ok_and(|s| s.is_dir) {
             return Ok(());
         }
-        for d in dir.ancestors().chain(std::iter::once(dir.clone())) {
-            match self.fs.mkdir(d.as_str()).await {
-                Ok(()) => {
-                    let parent = d.parent();
-                    let parent = parent.as_ref().map_or("", |p| p.as_str());
-                    self.fs
-                        .fsync_dir(parent)
-                        .await
-                        .map_err(|e| sync_err(&*self.fs, parent, e))?;
+        'again: for _ in 0..DIR_RACE_RETRIES {
+            for d in dir.ancestors().chain(std::iter::once(dir.clone())) {
+                match self.fs.mkdir(d.as_str()).await {
+                    Ok(()) => {
+                        let parent = d.parent();
+                        let parent = parent.as_ref().map_or("", |p| p.as_str());
+                        match self.fs.fsync_dir(parent).await {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => continue 'again,
+                            Err(e) => return Err(sync_err(&*self.fs, parent, e)),
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue 'again,
+                    Err(e) => return Err(self.err("mkdir", d.as_str(), e)),
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(self.err("mkdir", d.as_str(), e)),
             }
+            return Ok(());
         }
-        Ok(())
+        Err(self.err(
+            "mkdir",
+            dir.as_str(),
+            io::Error::other("a parent directory kept vanishing"),
+        ))
     }
 
     async fn create_temp(&self, target: &DriverPath) -> DriverResult<(String, F::File)> {
@@ -493,5 +506,118 @@ impl<F: PosixFs> fmt::Debug for PosixWriter<F> {
             .field("target", &self.target)
             .field("written", &self.written)
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::driver::SimDisk;
+
+    /// A filesystem where a concurrent delete removes an (empty) directory
+    /// at the worst moment: just before the named mkdir runs, its parent is
+    /// rmdir-ed, as GC's removal of emptied parents can do.
+    #[derive(Debug)]
+    struct RacingRmdir {
+        disk: Arc<SimDisk>,
+        /// `(mkdir path that triggers, dir removed before it)`, once.
+        trigger: Mutex<Option<(String, String)>>,
+    }
+
+    #[async_trait]
+    impl PosixFs for RacingRmdir {
+        type File = <Arc<SimDisk> as PosixFs>::File;
+        fn name(&self) -> &'static str {
+            "racing"
+        }
+        async fn create_new(&self, path: &str) -> io::Result<Self::File> {
+            self.disk.create_new(path).await
+        }
+        async fn write(&self, file: &mut Self::File, data: Bytes) -> io::Result<()> {
+            self.disk.write(file, data).await
+        }
+        async fn fsync(&self, file: &mut Self::File) -> io::Result<()> {
+            self.disk.fsync(file).await
+        }
+        async fn read_at(&self, path: &str, range: Range<u64>) -> io::Result<Bytes> {
+            self.disk.read_at(path, range).await
+        }
+        async fn stat(&self, path: &str) -> io::Result<FsStat> {
+            self.disk.stat(path).await
+        }
+        async fn mkdir(&self, path: &str) -> io::Result<()> {
+            let victim = {
+                let mut trigger = self.trigger.lock().unwrap();
+                match trigger.as_ref() {
+                    Some((at, _)) if at == path => trigger.take().map(|(_, v)| v),
+                    _ => None,
+                }
+            };
+            if let Some(victim) = victim {
+                self.disk.rmdir(&victim).await?;
+            }
+            self.disk.mkdir(path).await
+        }
+        async fn rmdir(&self, path: &str) -> io::Result<()> {
+            self.disk.rmdir(path).await
+        }
+        async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+            self.disk.rename(from, to).await
+        }
+        async fn link(&self, from: &str, to: &str) -> io::Result<()> {
+            self.disk.link(from, to).await
+        }
+        async fn unlink(&self, path: &str) -> io::Result<()> {
+            self.disk.unlink(path).await
+        }
+        async fn fsync_dir(&self, path: &str) -> io::Result<()> {
+            self.disk.fsync_dir(path).await
+        }
+        async fn read_dir(&self, path: &str) -> io::Result<Vec<(String, bool)>> {
+            self.disk.read_dir(path).await
+        }
+        fn discard(&self, temp: &str) {
+            self.disk.discard(temp)
+        }
+    }
+
+    /// mkdir -p that loses its parent to a concurrent rmdir between two of
+    /// its mkdirs starts over instead of failing the write.
+    #[tokio::test]
+    async fn a_parent_removed_during_mkdir_p_is_recreated() {
+        let fs = RacingRmdir {
+            disk: SimDisk::new(),
+            trigger: Mutex::new(None),
+        };
+        fs.disk.mkdir("repo").await.unwrap();
+        *fs.trigger.lock().unwrap() = Some(("repo/blobs".into(), "repo".into()));
+        let driver = PosixDriver::new(fs);
+        let path = DriverPath::new("repo/blobs/sha256/abc").unwrap();
+        driver
+            .put(&path, Bytes::from_static(b"x"), PutMode::IfAbsent)
+            .await
+            .expect("a write whose parent vanished mid mkdir -p");
+        assert_eq!(driver.get(&path, None).await.unwrap(), "x");
+        assert!(
+            driver.filesystem().trigger.lock().unwrap().is_none(),
+            "the race was not exercised"
+        );
+
+        // The same race on a hard link's and a rename's target directory.
+        for op in ["link", "rename"] {
+            let dst = DriverPath::new(format!("{op}/blobs/sha256/abc")).unwrap();
+            driver.filesystem().disk.mkdir(op).await.unwrap();
+            *driver.filesystem().trigger.lock().unwrap() =
+                Some((format!("{op}/blobs"), op.to_owned()));
+            let result = match op {
+                "link" => driver.hard_link(&path, &dst).await,
+                _ => driver.rename(&path, &dst).await,
+            };
+            result.unwrap_or_else(|e| panic!("{op} whose target dir vanished: {e}"));
+            assert_eq!(driver.get(&dst, None).await.unwrap(), "x", "{op}");
+        }
     }
 }
