@@ -20,13 +20,18 @@
 //! | `blob_remove` (delete blob, delete manifest by digest) | G:X | B:X R:X | B:S R:X D:X |
 //! | `repo_change` (GC repo pass) | G:X | B:S R:X | B:S R:X |
 //! | `blobstore_sweep` (GC of one `_blobstore` digest) | G:X | B:X | B:S D:X |
-//! | `stop_the_world` (in-place migration before serving) | G:X | B:X | B:X |
 //!
 //! G = the single global lock, B = blobstore, R = the repository, D = the
-//! digest; S = shared, X = exclusive. `striped` never takes B exclusively
-//! outside stop-the-world work: two pushes of the same layer to different
-//! repositories meet only on that digest's lock (the proposal's pathological
-//! fan-in), and GC never stops the world.
+//! digest; S = shared, X = exclusive. `striped` never takes B exclusively:
+//! two pushes of the same layer to different repositories meet only on that
+//! digest's lock (the proposal's pathological fan-in), and GC never stops
+//! the world.
+//!
+//! There is no stop-the-world intent. Under `split` and `striped` the tag
+//! intents take no blobstore lock, so B:X would not exclude them, and the
+//! one client that wanted it (in-place migration) runs before a store is
+//! opened: nothing else runs then. Excluding everything would mean adding
+//! B:S to every tag operation, a cost no caller pays for.
 
 mod manager;
 mod metrics;
@@ -95,7 +100,6 @@ pub struct Intent {
     reads_blobstore: bool,
     /// Adds or removes `_blobstore` bytes or references for this digest.
     changes_digest: Option<Digest>,
-    stop_the_world: bool,
 }
 
 impl Intent {
@@ -104,7 +108,6 @@ impl Intent {
             repo: Some((repo.clone(), mode)),
             reads_blobstore: false,
             changes_digest: None,
-            stop_the_world: false,
         }
     }
 
@@ -164,24 +167,12 @@ impl Intent {
             repo: None,
             reads_blobstore: true,
             changes_digest: Some(digest.clone()),
-            stop_the_world: false,
-        }
-    }
-
-    /// Excludes every other operation.
-    pub fn stop_the_world() -> Intent {
-        Intent {
-            repo: None,
-            reads_blobstore: true,
-            changes_digest: None,
-            stop_the_world: true,
         }
     }
 
     /// The locks `policy` takes for this intent.
     pub fn plan(&self, policy: LockPolicy) -> LockPlan {
-        let writes = self.stop_the_world
-            || self.changes_digest.is_some()
+        let writes = self.changes_digest.is_some()
             || self
                 .repo
                 .as_ref()
@@ -198,8 +189,8 @@ impl Intent {
             LockPolicy::Split | LockPolicy::Striped => {
                 // Every digest change is a `_blobstore` insert or sweep: the
                 // proposal serialises those on the blobstore lock.
-                let blobstore_exclusive = self.stop_the_world
-                    || (policy == LockPolicy::Split && self.changes_digest.is_some());
+                let blobstore_exclusive =
+                    policy == LockPolicy::Split && self.changes_digest.is_some();
                 let blobstore = if blobstore_exclusive {
                     Some(Mode::Exclusive)
                 } else if self.reads_blobstore {
@@ -208,7 +199,7 @@ impl Intent {
                     None
                 };
                 let digest = match policy {
-                    LockPolicy::Striped if !self.stop_the_world => {
+                    LockPolicy::Striped => {
                         self.changes_digest.clone().map(|d| (d, Mode::Exclusive))
                     }
                     _ => None,
@@ -216,11 +207,7 @@ impl Intent {
                 LockPlan {
                     global: None,
                     blobstore,
-                    repo: if self.stop_the_world {
-                        None
-                    } else {
-                        self.repo.clone()
-                    },
+                    repo: self.repo.clone(),
                     digest,
                 }
             }
@@ -282,7 +269,6 @@ mod tests {
             ),
             (Intent::repo_change(&r), ["G:X", "B:S R:X", "B:S R:X"]),
             (Intent::blobstore_sweep(&d), ["G:X", "B:X", "B:S D:X"]),
-            (Intent::stop_the_world(), ["G:X", "B:X", "B:X"]),
         ];
         for (intent, expected) in rows {
             for (policy, want) in LockPolicy::ALL.into_iter().zip(expected) {
