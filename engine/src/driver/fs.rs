@@ -407,6 +407,10 @@ impl PosixFs for RealFs {
         file.write(data)
     }
 
+    async fn flush(&self, file: &mut RealFile) -> io::Result<()> {
+        file.finish().map(|_| ())
+    }
+
     async fn fsync(&self, file: &mut RealFile) -> io::Result<()> {
         file.finish()?.sync_all()
     }

@@ -61,6 +61,13 @@ pub trait PosixFs: Send + Sync + fmt::Debug + 'static {
     /// Creates a new, empty file; `AlreadyExists` if the name is taken.
     async fn create_new(&self, path: &str) -> io::Result<Self::File>;
     async fn write(&self, file: &mut Self::File, data: Bytes) -> io::Result<()>;
+    /// Waits for writes still in flight (a back end may write behind the
+    /// caller) and reports how they ended: a write's error, such as no
+    /// space, not an fsync's.
+    async fn flush(&self, file: &mut Self::File) -> io::Result<()> {
+        let _ = file;
+        Ok(())
+    }
     /// Makes the file's data durable (and waits for any write still in flight).
     async fn fsync(&self, file: &mut Self::File) -> io::Result<()>;
     async fn read_at(&self, path: &str, range: Range<u64>) -> io::Result<Bytes>;
@@ -235,6 +242,18 @@ fn sync_err<F: PosixFs + ?Sized>(fs: &F, path: &str, e: io::Error) -> DriverErro
             path: path.to_owned(),
             source: e,
         },
+    }
+}
+
+/// An fsync of a temp file's data failed. The file is discarded and no
+/// name ever pointed at it, so nothing anyone can read is in doubt; "no
+/// space" (thin provisioning, network file systems report it at fsync) is
+/// then what it is for a write, and not sticky. Any other failure is a
+/// real fsync failure and poisons the driver (see [`super::Instrumented`]).
+fn temp_sync_err<F: PosixFs + ?Sized>(fs: &F, temp: &str, e: io::Error) -> DriverError {
+    match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => map_err(fs, "fsync", temp, e),
+        _ => sync_err(fs, temp, e),
     }
 }
 
@@ -456,11 +475,19 @@ impl<F: PosixFs> BlobWriter for PosixWriter<F> {
 
     async fn commit(mut self: Box<Self>) -> DriverResult<()> {
         let mut file = self.file.take().expect("writer committed twice");
+        // Writes still in flight end first, so their failure (a full disk
+        // under a large streamed write) is reported as the write's, not
+        // mistaken for the fsync's.
+        if let Err(e) = self.fs.flush(&mut file).await {
+            drop(file);
+            self.fs.discard(&self.temp);
+            return Err(self.err("write", e));
+        }
         let synced = self.fs.fsync(&mut file).await;
         drop(file);
         if let Err(e) = synced {
             self.fs.discard(&self.temp);
-            return Err(sync_err(&*self.fs, &self.temp, e));
+            return Err(temp_sync_err(&*self.fs, &self.temp, e));
         }
         let target = self.target.as_str();
         match self.mode {
@@ -517,18 +544,30 @@ mod tests {
     use super::*;
     use crate::driver::SimDisk;
 
-    /// A filesystem where a concurrent delete removes an (empty) directory
-    /// at the worst moment: just before the named mkdir runs, its parent is
-    /// rmdir-ed, as GC's removal of emptied parents can do.
+    /// The simulated disk with two faults it cannot show by itself.
     #[derive(Debug)]
-    struct RacingRmdir {
+    struct Rigged {
         disk: Arc<SimDisk>,
-        /// `(mkdir path that triggers, dir removed before it)`, once.
+        /// A concurrent delete removing an (empty) directory at the worst
+        /// moment: `(mkdir path that triggers, dir removed just before)`,
+        /// once, as GC's removal of emptied parents can do.
         trigger: Mutex<Option<(String, String)>>,
+        /// The next file fsync fails with this errno.
+        fsync_fails: Mutex<Option<i32>>,
+    }
+
+    impl Rigged {
+        fn new() -> Rigged {
+            Rigged {
+                disk: SimDisk::new(),
+                trigger: Mutex::new(None),
+                fsync_fails: Mutex::new(None),
+            }
+        }
     }
 
     #[async_trait]
-    impl PosixFs for RacingRmdir {
+    impl PosixFs for Rigged {
         type File = <Arc<SimDisk> as PosixFs>::File;
         fn name(&self) -> &'static str {
             "racing"
@@ -540,6 +579,9 @@ mod tests {
             self.disk.write(file, data).await
         }
         async fn fsync(&self, file: &mut Self::File) -> io::Result<()> {
+            if let Some(errno) = self.fsync_fails.lock().unwrap().take() {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
             self.disk.fsync(file).await
         }
         async fn read_at(&self, path: &str, range: Range<u64>) -> io::Result<Bytes> {
@@ -588,10 +630,7 @@ mod tests {
     /// its mkdirs starts over instead of failing the write.
     #[tokio::test]
     async fn a_parent_removed_during_mkdir_p_is_recreated() {
-        let fs = RacingRmdir {
-            disk: SimDisk::new(),
-            trigger: Mutex::new(None),
-        };
+        let fs = Rigged::new();
         fs.disk.mkdir("repo").await.unwrap();
         *fs.trigger.lock().unwrap() = Some(("repo/blobs".into(), "repo".into()));
         let driver = PosixDriver::new(fs);
@@ -619,5 +658,31 @@ mod tests {
             result.unwrap_or_else(|e| panic!("{op} whose target dir vanished: {e}"));
             assert_eq!(driver.get(&dst, None).await.unwrap(), "x", "{op}");
         }
+    }
+
+    /// A failed fsync of a temp file's data poisons the driver (what reached
+    /// the disk is unknown), except when it says "no space": the temp file
+    /// is discarded, nothing visible changed, and freeing space is the cure.
+    #[tokio::test]
+    async fn only_a_real_fsync_failure_is_sticky() {
+        use crate::driver::Instrumented;
+        let driver = Instrumented::new(PosixDriver::new(Rigged::new()));
+        let path = DriverPath::new("a/b").unwrap();
+        let put = || driver.put(&path, Bytes::from_static(b"x"), PutMode::Overwrite);
+
+        *driver.inner().filesystem().fsync_fails.lock().unwrap() = Some(libc::ENOSPC);
+        let e = put().await.unwrap_err();
+        assert!(e.is_no_space(), "ENOSPC at fsync reported as {e}");
+        assert_eq!(driver.poisoned(), None);
+        put().await.expect("a write once space is back");
+
+        *driver.inner().filesystem().fsync_fails.lock().unwrap() = Some(libc::EIO);
+        let e = put().await.unwrap_err();
+        assert!(
+            matches!(e, DriverError::SyncFailed { .. }),
+            "EIO at fsync reported as {e}"
+        );
+        let e = put().await.unwrap_err();
+        assert!(matches!(e, DriverError::Poisoned { .. }), "after EIO: {e}");
     }
 }
