@@ -4,10 +4,20 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
 use common::*;
 use engine::driver::conformance::pattern;
-use engine::driver::{Driver, DriverPath, FsDriver, Instrumented, PutMode};
+use engine::driver::{Driver, DriverPath, FsDriver, Instrumented, ObjectDriver, PutMode};
+use engine::gc::GcOptions;
+use engine::meta::MemoryMeta;
+use engine::oci::media;
+use engine::store::DEFAULT_RESERVE;
+use engine::{
+    LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig, StoreError, StoreResult,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -49,4 +59,157 @@ async fn no_space_in_a_large_streamed_write_is_not_sticky() {
         driver.stat(&big).await,
         Err(e) if e.is_not_found()
     ));
+}
+
+/// Pushes `img` (its blobs, then its manifest by `tag`), stopping at the
+/// first refusal.
+async fn try_push(s: &Store, r: &RepoName, img: &Image, tag: &str) -> StoreResult<()> {
+    for (d, data) in std::iter::once(&img.config).chain(&img.layers) {
+        s.push_blob(r, d, data.clone()).await?;
+    }
+    s.put_manifest(
+        r,
+        &Reference::parse(tag)?,
+        media::OCI_MANIFEST,
+        img.manifest.clone(),
+    )
+    .await?;
+    Ok(())
+}
+
+fn no_space(e: &StoreError) -> bool {
+    matches!(e, StoreError::Storage(d) if d.is_no_space())
+}
+
+/// Fills the tmpfs to its last byte with tagged images (layers halving
+/// as they stop fitting), then single blobs; returns the tagged images.
+async fn fill(tmpfs: &Tmpfs, s: &Store) -> Vec<(RepoName, Image)> {
+    let mut images = Vec::new();
+    let mut layer = 512 * 1024;
+    let mut seed = 0;
+    while layer >= 1024 {
+        seed += 1;
+        let r = repo(&format!("app{seed}"));
+        let img = image_with(
+            blob(seed * 10, 200),
+            vec![blob(seed * 10 + 1, layer)],
+            None,
+            None,
+        );
+        match try_push(s, &r, &img, "v1").await {
+            Ok(()) => images.push((r, img)),
+            Err(e) if no_space(&e) => layer /= 2,
+            Err(e) => panic!("filling: {e}"),
+        }
+    }
+    let r = repo("crumbs");
+    while tmpfs.free() > 0 {
+        seed += 1;
+        let (d, data) = blob(seed * 10, 1);
+        match s.push_blob(&r, &d, data).await {
+            Ok(()) => {}
+            Err(e) if no_space(&e) => break,
+            Err(e) => panic!("filling: {e}"),
+        }
+    }
+    assert!(images.len() >= 2, "only {} images fit", images.len());
+    images
+}
+
+/// DESIGN §7, invariant 11, on a real full disk: with the disk at 0 bytes
+/// free, a push fails cleanly with "no space", reads work, a tag delete
+/// works, GC with delay 0 frees the untagged image, and the same store
+/// pushes again.
+#[tokio::test]
+async fn a_full_disk_stops_writes_not_removals_and_recovers() {
+    for (layout, backend) in [
+        (LayoutKind::Blobstore, Backend::Fs),
+        (LayoutKind::Blobstore, Backend::ObjectDir),
+        (LayoutKind::Legacy, Backend::Fs),
+    ] {
+        let label = format!("{layout}/{backend:?}");
+        let tmpfs = Tmpfs::mount(6 * MIB as u64);
+        let root = tmpfs.path().join("root");
+        let driver: Arc<dyn Driver> = match backend {
+            Backend::Fs => Arc::new(FsDriver::open(&root).unwrap()),
+            _ => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
+        };
+        let config = StoreConfig {
+            layout,
+            policy: LockPolicy::Striped,
+        };
+        let s = Store::open(driver, Arc::new(MemoryMeta::new()), config)
+            .await
+            .unwrap();
+        s.keep_reserve(DEFAULT_RESERVE).await.unwrap();
+        assert!(s.reserve_held(), "{label}: no reserve on an empty disk");
+        let images = fill(&tmpfs, &s).await;
+        assert_eq!(tmpfs.free(), 0, "{label}: the disk is not full");
+
+        // A write fails cleanly: "no space", and nothing of it is left.
+        let (d, data) = blob(999_999, 3000);
+        let e = s
+            .push_blob(&repo("late"), &d, data.clone())
+            .await
+            .unwrap_err();
+        assert!(no_space(&e), "{label}: a push on a full disk: {e}");
+        assert!(e.to_string().contains("no space left"), "{label}: {e}");
+        assert!(
+            tmpfs.files_named(".ocistore").is_empty(),
+            "{label}: a refused write left {:?}",
+            tmpfs.files_named(".ocistore")
+        );
+
+        // Reads work; a tag delete works.
+        let (r0, img0) = &images[0];
+        let (r1, img1) = &images[1];
+        assert_eq!(
+            s.get_manifest(r1, &tag("v1")).await.unwrap().body,
+            img1.manifest,
+            "{label}"
+        );
+        s.delete_manifest(r0, &tag("v1"))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: a tag delete on a full disk: {e}"));
+        assert!(s.tags(r0, None, None).await.unwrap().is_empty(), "{label}");
+
+        // GC frees the untagged image's bytes (and takes its reserve back
+        // from them first).
+        let report = s
+            .gc(GcOptions::new(Duration::ZERO))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: gc on a full disk: {e}"));
+        let layer = img0.layers[0].1.len() as u64;
+        assert!(
+            report.bytes_freed >= layer,
+            "{label}: gc freed {} bytes, not the {layer}-byte layer: {report:?}",
+            report.bytes_freed
+        );
+        assert!(tmpfs.free() > 0, "{label}: still full after GC");
+        assert!(
+            s.get_manifest(r0, &Reference::Digest(img0.digest.clone()))
+                .await
+                .is_err(),
+            "{label}: the untagged image survived GC"
+        );
+
+        // The same store writes again.
+        assert!(s.reserve_held(), "{label}: the reserve was not re-created");
+        s.push_blob(&repo("late"), &d, data.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{label}: a push after GC freed space: {e}"));
+        assert_eq!(
+            s.get_blob(&repo("late"), &d).await.unwrap(),
+            data,
+            "{label}"
+        );
+        for (r, img) in &images[1..] {
+            assert_eq!(
+                s.get_manifest(r, &tag("v1")).await.unwrap().body,
+                img.manifest,
+                "{label}: {r}"
+            );
+        }
+        assert_clean(&s, &label).await;
+    }
 }

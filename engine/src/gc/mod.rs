@@ -185,6 +185,11 @@ impl Store {
             self.gc_repo(&repo, opts, &mut report, &mut dropped).await?;
         }
         self.gc_blobstore(opts, &mut report, &dropped).await?;
+        if !opts.dry_run {
+            // Space this pass freed goes to the reserve first (if one is
+            // kept and was released), so the next full disk finds it.
+            self.restore_reserve().await?;
+        }
         report.pass_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         report.blobstore_exclusive_acquisitions =
             self.lock_acquisitions(Domain::Blobstore, Mode::Exclusive) - exclusive_before;
@@ -363,7 +368,7 @@ impl Store {
             if !opts.dry_run {
                 // The kept rows are written back as they were read.
                 let pruned = index.without(|row| drop_rows.contains(row.digest()));
-                self.write_index(repo, pruned).await?;
+                self.write_index_removing(repo, pruned).await?;
             }
         }
         let mut candidates = Vec::new();

@@ -163,6 +163,7 @@ impl Uploads {
 impl Store {
     /// Opens an upload session in `repo` (created on first push).
     pub async fn start_upload(&self, repo: &RepoName) -> StoreResult<String> {
+        self.admit_write().await?;
         let id = self.next_id();
         {
             // The slot is reserved under the repository's lock, so GC's
@@ -202,6 +203,7 @@ impl Store {
         range: Option<(u64, u64)>,
         data: Bytes,
     ) -> StoreResult<u64> {
+        self.admit_write().await?;
         let mut session = self.inner.uploads.take(id)?;
         let offset = session.hasher.len();
         let check = match range {
@@ -272,6 +274,7 @@ impl Store {
         digest: &Digest,
         last: Option<Bytes>,
     ) -> StoreResult<()> {
+        self.admit_write().await?;
         let session = self.inner.uploads.take(id)?;
         // The slot stays busy until the blob is in the layout: the staged
         // file is in use and the repository is not empty meanwhile.
@@ -344,6 +347,7 @@ impl Store {
                 actual,
             });
         }
+        self.admit_write().await?;
         // The dedupe check (does `_blobstore` hold it?) and the insert are
         // one critical section: a sweep cannot fall between them.
         #[cfg(ocistore_mutation = "split_dedupe")]
@@ -421,6 +425,7 @@ impl Store {
         to: &RepoName,
         digest: &Digest,
     ) -> StoreResult<bool> {
+        self.admit_write().await?;
         let _guard = self.lock(Intent::blob_insert(to, digest)).await;
         // A failed mount falls back to an upload into `to`, so `to` exists
         // either way.

@@ -78,6 +78,7 @@ impl Store {
         body: Bytes,
     ) -> StoreResult<Digest> {
         let manifest = Manifest::parse(media_type, &body)?;
+        self.admit_write().await?;
         let digest = match reference {
             Reference::Digest(d) => {
                 let actual = Digest::of(d.algorithm(), &body);
@@ -188,7 +189,7 @@ impl Store {
                 let _guard = self.lock(Intent::repo_write(repo)).await;
                 let mut index = self.load_index(repo).await?;
                 untag(&mut index, tag.as_str()).ok_or_else(|| manifest_unknown(repo, reference))?;
-                self.save_index(repo, &index).await
+                self.save_index_removing(repo, &index).await
             }
             Reference::Digest(digest) => {
                 let _guard = self.lock(Intent::blob_remove(repo, digest)).await;
@@ -210,7 +211,7 @@ impl Store {
                     }
                 }
                 index.manifests.retain(|row| &row.digest != digest);
-                self.save_index(repo, &index).await?;
+                self.save_index_removing(repo, &index).await?;
                 // Its bytes stay while another manifest of the repository
                 // uses them as its config or a layer (a blob like any other).
                 if self.referenced_blobs(repo, &index).await?.contains(digest) {

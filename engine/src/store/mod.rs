@@ -10,6 +10,7 @@ mod blobs;
 mod fsck;
 mod manifests;
 mod repos;
+mod reserve;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -24,6 +25,7 @@ pub use self::blobs::UploadStatus;
 pub use self::fsck::{Finding, FindingKind};
 pub use self::manifests::StoredManifest;
 pub(crate) use self::repos::list_repos;
+pub use self::reserve::{DEFAULT_RESERVE, RESERVE_PATH};
 
 use crate::driver::{CallCounts, Driver, DriverPath, Instrumented, PutMode};
 use crate::error::{StoreError, StoreResult};
@@ -83,6 +85,8 @@ struct Inner {
     layout: Box<dyn BlobLayout>,
     locks: LockManager,
     uploads: blobs::Uploads,
+    /// Space kept aside for removals on a full disk.
+    reserve: reserve::Reserve,
     /// Repositories known to exist, so pushes do not stat index.json each time.
     known_repos: Mutex<HashSet<RepoName>>,
     /// Bumped on every index.json write: GC re-checks a repository's
@@ -194,6 +198,7 @@ impl Store {
                 layout,
                 locks: LockManager::new(config.policy),
                 uploads: blobs::Uploads::default(),
+                reserve: reserve::Reserve::default(),
                 known_repos: Mutex::new(HashSet::new()),
                 generations: Mutex::new(HashMap::new()),
                 id_counter: AtomicU64::new(0),
@@ -282,6 +287,17 @@ impl Store {
     pub(crate) async fn save_index(&self, repo: &RepoName, index: &ImageIndex) -> StoreResult<()> {
         let body = serde_json::to_vec(index).expect("index serialises");
         self.write_index(repo, body).await
+    }
+
+    /// [`Store::save_index`] for a removal: works on a full disk (see
+    /// [`reserve`]).
+    pub(crate) async fn save_index_removing(
+        &self,
+        repo: &RepoName,
+        index: &ImageIndex,
+    ) -> StoreResult<()> {
+        let body = serde_json::to_vec(index).expect("index serialises");
+        self.write_index_removing(repo, body).await
     }
 
     /// Replaces index.json with `body`, a serialised [`ImageIndex`].

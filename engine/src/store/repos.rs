@@ -18,6 +18,7 @@ pub const MAX_PAGE: usize = 10_000;
 impl Store {
     /// Creates `repo` as an empty OCI layout. Idempotent.
     pub async fn init_repo(&self, repo: &RepoName) -> StoreResult<()> {
+        self.admit_write().await?;
         let _guard = self.lock(Intent::repo_write(repo)).await;
         self.ensure_repo(repo).await
     }

@@ -1,0 +1,166 @@
+//! A full disk must not lock the registry (DESIGN §7, invariant 11): tag and
+//! manifest deletes and GC work on a completely full disk, and writes work
+//! again, in the same process, once space is free.
+//!
+//! # Why a reserve, and not "removing needs no new space"
+//!
+//! Removing a tag or a manifest, and GC's pruning, rewrite `index.json`,
+//! and a rewrite is crash-safe only as a new file renamed over the old one
+//! (the driver's commit protocol): old and new exist together for a moment,
+//! so a shrinking rewrite still needs new space. Nothing can be freed
+//! first: a tag delete frees nothing at all, and GC freeing blobs before
+//! the rows that reference them are gone would leave dangling rows behind
+//! a crash. Rewriting in place is not crash-safe. So removal does need a
+//! little space, and it is kept aside for it: a reserve file,
+//! `_ocistore/reserve`, released when a removal's write finds the disk
+//! full, and re-created before the next client write is admitted.
+//!
+//! Re-creating it before admitting a write means that space freed by GC
+//! (or by anyone) goes to the reserve first, so the next removal on a full
+//! disk works again; a write the reserve cannot be re-created for fails
+//! with "no space" and changes nothing, as any write on a full disk does.
+//!
+//! What it covers: a rewrite of an `index.json` up to the reserve's size
+//! (rows are ~200 bytes, so [`DEFAULT_RESERVE`] holds some 5,000 rows), once
+//! per release; a larger index, or metadata writes of a metadata store on
+//! the same full disk, are not covered. The reserve is opt-in
+//! ([`Store::keep_reserve`]): a store without one behaves as before.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use super::Store;
+use crate::driver::{DriverError, DriverPath, PutMode};
+use crate::error::{StoreError, StoreResult};
+use crate::oci::names::RepoName;
+
+/// Where the reserve lives, inside the store's hidden namespace.
+pub const RESERVE_PATH: &str = "_ocistore/reserve";
+
+/// A reserve that covers the rewrite of a few thousand index rows.
+pub const DEFAULT_RESERVE: u64 = 1 << 20;
+
+/// How often a removal releases the reserve and retries: a concurrent
+/// client write can re-create it in between, taking the space back.
+const RELEASE_RETRIES: usize = 3;
+
+#[derive(Debug, Default)]
+pub(crate) struct Reserve {
+    /// Bytes to keep aside; 0 keeps none.
+    size: AtomicU64,
+    /// The reserve file is in place, as far as this process knows.
+    held: AtomicBool,
+}
+
+fn reserve_path() -> DriverPath {
+    DriverPath::new(RESERVE_PATH).expect("valid")
+}
+
+pub(crate) fn is_no_space(e: &StoreError) -> bool {
+    matches!(e, StoreError::Storage(d) if d.is_no_space())
+}
+
+impl Store {
+    /// Keeps `bytes` of the disk aside (`_ocistore/reserve`) for removals
+    /// to use when the disk is full; 0 gives any reserve back. Created now
+    /// if there is room, otherwise before the next write that finds room.
+    pub async fn keep_reserve(&self, bytes: u64) -> StoreResult<()> {
+        let reserve = &self.inner.reserve;
+        reserve.size.store(bytes, Ordering::SeqCst);
+        reserve.held.store(false, Ordering::SeqCst);
+        if bytes == 0 {
+            let path = reserve_path();
+            self.driver().delete(&path).await?;
+            return Ok(self.driver().sync_dir(path.parent().as_ref()).await?);
+        }
+        self.restore_reserve().await.map(|_| ())
+    }
+
+    /// Whether the reserve is in place (always true without one).
+    pub fn reserve_held(&self) -> bool {
+        let reserve = &self.inner.reserve;
+        reserve.size.load(Ordering::SeqCst) == 0 || reserve.held.load(Ordering::SeqCst)
+    }
+
+    /// Puts the reserve back if it is missing; false if the disk has no
+    /// room for it yet.
+    pub(crate) async fn restore_reserve(&self) -> StoreResult<bool> {
+        let reserve = &self.inner.reserve;
+        let size = reserve.size.load(Ordering::SeqCst);
+        if size == 0 || reserve.held.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        let path = reserve_path();
+        match self.driver().stat(&path).await {
+            Ok(meta) if meta.size >= size => {
+                reserve.held.store(true, Ordering::SeqCst);
+                return Ok(true);
+            }
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Zeros are written, not a sparse file, so the space is really
+        // taken (on tmpfs as on a disk).
+        let zeros = Bytes::from(vec![0u8; usize::try_from(size).unwrap_or(usize::MAX)]);
+        match self.driver().put(&path, zeros, PutMode::Overwrite).await {
+            Ok(()) => {
+                reserve.held.store(true, Ordering::SeqCst);
+                Ok(true)
+            }
+            Err(e) if e.is_no_space() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Before a client write: the reserve must be in place first, so a
+    /// full disk keeps room for removals. The write is refused with "no
+    /// space" while it cannot be.
+    pub(crate) async fn admit_write(&self) -> StoreResult<()> {
+        if self.reserve_held() || self.restore_reserve().await? {
+            return Ok(());
+        }
+        Err(StoreError::Storage(DriverError::NoSpace {
+            driver: self.driver().name(),
+        }))
+    }
+
+    /// Gives the reserve's space back to the disk; false if there was none.
+    async fn release_reserve(&self) -> StoreResult<bool> {
+        let reserve = &self.inner.reserve;
+        if reserve.size.load(Ordering::SeqCst) == 0 {
+            return Ok(false);
+        }
+        let path = reserve_path();
+        let existed = match self.driver().stat(&path).await {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        };
+        reserve.held.store(false, Ordering::SeqCst);
+        if existed {
+            self.driver().delete(&path).await?;
+            self.driver().sync_dir(path.parent().as_ref()).await?;
+        }
+        Ok(existed)
+    }
+
+    /// Rewrites `repo`'s index.json for a removal (a tag or manifest delete,
+    /// GC's pruning): on a full disk, the reserve is released for it.
+    pub(crate) async fn write_index_removing(
+        &self,
+        repo: &RepoName,
+        body: Vec<u8>,
+    ) -> StoreResult<()> {
+        let mut retries = RELEASE_RETRIES;
+        loop {
+            match self.write_index(repo, body.clone()).await {
+                Err(e) if is_no_space(&e) && retries > 0 && self.release_reserve().await? => {
+                    retries -= 1;
+                }
+                result => return result,
+            }
+        }
+    }
+}
