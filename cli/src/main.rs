@@ -434,19 +434,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                         format!(
                             "{verb} {:?} {} {}",
                             i.kind,
-                            i.repo.as_deref().unwrap_or("_blobstore"),
+                            i.path
+                                .as_deref()
+                                .or(i.repo.as_deref())
+                                .unwrap_or("_blobstore"),
                             i.digest.as_deref().unwrap_or("")
                         )
                     })
                     .collect();
                 lines.push(format!(
-                    "gc: {} repos scanned; {verb} {} manifest(s), {} blob reference(s), {} _blobstore blob(s), {} upload(s), {} repo(s); {} bytes freed in {:.1} ms",
+                    "gc: {} repos scanned; {verb} {} manifest(s), {} blob reference(s), {} _blobstore blob(s), {} upload(s), {} repo(s), {} leftover(s); {} bytes freed in {:.1} ms",
                     report.repos_scanned,
                     report.count(Manifest),
                     report.count(Blob),
                     report.count(BlobstoreBlob),
                     report.count(Upload),
                     report.count(Repository),
+                    report.count(Leftover),
                     report.bytes_freed,
                     report.pass_ns as f64 / 1e6
                 ));

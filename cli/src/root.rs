@@ -58,7 +58,14 @@ pub fn meta(root: &Path) -> Result<Arc<RedbMeta>, CliError> {
 
 /// Creates a root with `config`, or checks an existing one matches it.
 pub async fn init(args: &RootArgs, config: StoreConfig) -> Result<Store, CliError> {
-    Ok(Store::open(driver(args)?, meta(&args.root)?, config).await?)
+    with_reserve(Store::open(driver(args)?, meta(&args.root)?, config).await?).await
+}
+
+/// A root on a real disk keeps a reserve, so `rm` and `gc` work when the
+/// disk is full (see the engine's `store::reserve`).
+async fn with_reserve(store: Store) -> Result<Store, CliError> {
+    store.keep_reserve(engine::store::DEFAULT_RESERVE).await?;
+    Ok(store)
 }
 
 /// Opens an existing root with the configuration it was created with.
@@ -71,7 +78,7 @@ pub async fn open(args: &RootArgs) -> Result<Store, CliError> {
             args.root.display()
         )));
     };
-    Ok(Store::open(driver, meta(&args.root)?, config).await?)
+    with_reserve(Store::open(driver, meta(&args.root)?, config).await?).await
 }
 
 pub fn parse_layout(s: &str) -> Result<LayoutKind, String> {

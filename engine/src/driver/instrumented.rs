@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::{
     BlobWriter, CallCounters, CallCounts, CallKind, Capabilities, Driver, DriverError, DriverPath,
-    DriverResult, Listing, ObjectMeta, PutMode,
+    DriverResult, Leftover, Listing, ObjectMeta, PutMode,
 };
 use crate::sync::unmodeled::Mutex;
 
@@ -157,6 +157,16 @@ impl<D: Driver> Driver for Instrumented<D> {
             return Ok(()); // nothing to do, and nothing a real backend would bill
         }
         self.call(CallKind::Sync, self.inner.sync_dir(dir)).await
+    }
+
+    async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
+        self.call(CallKind::List, self.inner.leftovers(prefix))
+            .await
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover) -> DriverResult<()> {
+        self.call(CallKind::Delete, self.inner.remove_leftover(leftover))
+            .await
     }
 }
 

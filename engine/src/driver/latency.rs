@@ -135,6 +135,16 @@ impl<D: Driver> Driver for Latency<D> {
         }
         self.inner.sync_dir(dir).await
     }
+
+    async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<super::Leftover>> {
+        self.wait(CallKind::List, 0).await;
+        self.inner.leftovers(prefix).await
+    }
+
+    async fn remove_leftover(&self, leftover: &super::Leftover) -> DriverResult<()> {
+        self.wait(CallKind::Delete, 0).await;
+        self.inner.remove_leftover(leftover).await
+    }
 }
 
 /// Charges the transfer and one round trip at commit, as one PUT would.

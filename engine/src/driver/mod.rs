@@ -60,6 +60,17 @@ pub struct ObjectMeta {
     pub file_id: Option<(u64, u64)>,
 }
 
+/// A temp file a writer left behind: the partial bytes of a write whose
+/// process died before it committed or discarded them (DESIGN §7,
+/// invariant 12). Its name is reserved, so it is not a [`DriverPath`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// Relative to the driver's root.
+    pub path: String,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
 /// What to do when the target of a write already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutMode {
@@ -189,6 +200,22 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// If `dir` itself is gone (emptied and removed by a delete), its removal
     /// is made durable instead, in its nearest existing ancestor.
     async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()>;
+
+    /// Temp files below `prefix` (the whole store for `None`) that no live
+    /// writer owns: those of a process that is gone. A write in progress in
+    /// this process, or in another live process, is never listed. None
+    /// where writes leave nothing behind (memory, a real object store's
+    /// multipart uploads expire by themselves).
+    async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+
+    /// Removes a leftover [`Driver::leftovers`] listed (idempotent).
+    async fn remove_leftover(&self, leftover: &Leftover) -> DriverResult<()> {
+        let _ = leftover;
+        Ok(())
+    }
 }
 
 /// `Box<dyn Driver>` and `Arc<dyn Driver>` are drivers too, so wrappers and
@@ -248,6 +275,12 @@ macro_rules! forward_driver {
             }
             async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
                 (**self).sync_dir(dir).await
+            }
+            async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
+                (**self).leftovers(prefix).await
+            }
+            async fn remove_leftover(&self, leftover: &Leftover) -> DriverResult<()> {
+                (**self).remove_leftover(leftover).await
             }
         }
     };

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, FsDriver, Listing,
-    ObjectMeta, PutMode, check_range,
+    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, FsDriver, Leftover,
+    Listing, ObjectMeta, PutMode, check_range,
 };
 use crate::indexed_map::IndexedMap;
 use crate::sync::unmodeled::Mutex;
@@ -121,6 +121,14 @@ impl Driver for ObjectDriver {
 
     async fn sync_dir(&self, _dir: Option<&DriverPath>) -> DriverResult<()> {
         Ok(())
+    }
+
+    async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
+        self.inner().leftovers(prefix).await
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover) -> DriverResult<()> {
+        self.inner().remove_leftover(leftover).await
     }
 }
 

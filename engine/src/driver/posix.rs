@@ -30,8 +30,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, Listing, ObjectMeta,
-    PutMode, RESERVED_PREFIX, check_range, copy_by_streaming,
+    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, Leftover, Listing,
+    ObjectMeta, PutMode, RESERVED_PREFIX, check_range, copy_by_streaming,
 };
 
 /// What a filesystem says about one name.
@@ -95,6 +95,54 @@ pub trait PosixFs: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// The first part of every temp file's name: `.ocistore-tmp.<pid>.<n>`.
+fn temp_prefix() -> String {
+    format!("{RESERVED_PREFIX}-tmp.")
+}
+
+/// When this process started writing temp files (the first driver made):
+/// a temp file of our pid older than that is a previous process's that
+/// had the same pid (containers restart as pid 1).
+fn process_start() -> SystemTime {
+    static START: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
+    *START.get_or_init(SystemTime::now)
+}
+
+/// Whether process `pid` is alive on this machine. `kill(pid, 0)` checks
+/// without signalling; EPERM means it exists under another user.
+fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether the writer of temp file `name` (modified at `modified`) is gone.
+///
+/// Ours: only if it predates this process. Another live process's: never,
+/// however old (an upload can idle between chunks). A pid reused since is
+/// taken as alive, which keeps a leftover longer, never removes a live one.
+/// The check is this machine's: processes of other machines sharing the
+/// directory are not seen, and their temp files age out by GC's delay only.
+fn writer_gone(name: &str, modified: SystemTime) -> bool {
+    let Some(pid) = name
+        .strip_prefix(&temp_prefix())
+        .and_then(|rest| rest.split_once('.'))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+    else {
+        return false; // not a temp file of this protocol
+    };
+    if pid == std::process::id() {
+        return modified < process_start();
+    }
+    !pid_alive(pid)
+}
+
 /// How often a commit retries when a concurrent delete removed the directory
 /// it had just created (rmdir of emptied parents races mkdir -p).
 const DIR_RACE_RETRIES: usize = 8;
@@ -108,6 +156,7 @@ pub struct PosixDriver<F: PosixFs> {
 
 impl<F: PosixFs> PosixDriver<F> {
     pub fn new(fs: F) -> PosixDriver<F> {
+        process_start();
         PosixDriver {
             fs: std::sync::Arc::new(fs),
             temp_counter: AtomicU64::new(0),
@@ -166,7 +215,7 @@ impl<F: PosixFs> PosixDriver<F> {
             self.ensure_dir(parent.as_ref()).await?;
             loop {
                 let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-                let name = format!("{RESERVED_PREFIX}-tmp.{}.{n}", std::process::id());
+                let name = format!("{}{}.{n}", temp_prefix(), std::process::id());
                 let temp = match &parent {
                     Some(p) => format!("{p}/{name}"),
                     None => name,
@@ -416,6 +465,75 @@ impl<F: PosixFs> Driver for PosixDriver<F> {
 
     async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
         copy_by_streaming(self, src, dst, mode).await
+    }
+
+    async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
+        let temp = temp_prefix();
+        let mut out = Vec::new();
+        let mut stack = vec![prefix.map_or(String::new(), |p| p.to_string())];
+        while let Some(dir) = stack.pop() {
+            let entries = match self.fs.read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if is_missing_dir(&e) => continue,
+                Err(e) => return Err(self.err("list", &dir, e)),
+            };
+            for (name, is_dir) in entries {
+                let child = if dir.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{dir}/{name}")
+                };
+                if is_dir {
+                    stack.push(child);
+                    continue;
+                }
+                if !name.starts_with(&temp) {
+                    continue;
+                }
+                let st = match self.fs.stat(&child).await {
+                    Ok(st) => st,
+                    Err(e) if is_missing_dir(&e) => continue, // committed or discarded meanwhile
+                    Err(e) => return Err(self.err("stat", &child, e)),
+                };
+                if writer_gone(&name, st.modified) {
+                    out.push(Leftover {
+                        path: child,
+                        size: st.size,
+                        modified: st.modified,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover) -> DriverResult<()> {
+        let name = leftover.path.rsplit('/').next().unwrap_or_default();
+        if !name.starts_with(&temp_prefix()) {
+            return Err(self.err(
+                "delete",
+                &leftover.path,
+                io::Error::other("not a temp file"),
+            ));
+        }
+        match self.fs.unlink(&leftover.path).await {
+            Ok(()) => {}
+            Err(e) if is_missing_dir(&e) => return Ok(()),
+            Err(e) => return Err(self.err("delete", &leftover.path, e)),
+        }
+        // Durable, so the space a crash would otherwise find taken again
+        // stays free; then the directories that leaves empty.
+        let parent = leftover.path.rsplit_once('/').map_or("", |(p, _)| p);
+        self.fs
+            .fsync_dir(parent)
+            .await
+            .map_err(|e| sync_err(&*self.fs, parent, e))?;
+        if let Ok(parent) = DriverPath::new(parent) {
+            self.remove_empty_parents(&parent.join("x").expect("valid"))
+                .await;
+        }
+        Ok(())
     }
 
     async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {

@@ -112,6 +112,9 @@ pub struct GcItem {
     pub digest: Option<String>,
     /// Bytes freed on the backend (0 for references, markers and rows).
     pub bytes: u64,
+    /// The file, for a leftover.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -127,6 +130,9 @@ pub enum GcKind {
     Upload,
     /// An emptied repository.
     Repository,
+    /// A temp file a dead writer left (its path in `repo`'s place is not
+    /// a repository: see [`GcItem::path`]).
+    Leftover,
 }
 
 /// What a pass did.
@@ -155,6 +161,7 @@ impl GcReport {
             repo: repo.map(ToString::to_string),
             digest: digest.map(ToString::to_string),
             bytes,
+            path: None,
         });
     }
 }
@@ -185,6 +192,7 @@ impl Store {
             self.gc_repo(&repo, opts, &mut report, &mut dropped).await?;
         }
         self.gc_blobstore(opts, &mut report, &dropped).await?;
+        self.gc_leftovers(opts, &mut report).await?;
         if !opts.dry_run {
             // Space this pass freed goes to the reserve first (if one is
             // kept and was released), so the next full disk finds it.
@@ -486,6 +494,37 @@ impl Store {
                     self.driver().delete(&path).await?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Temp files of dead writers (crashed or killed processes), anywhere
+    /// in the store, once older than the delay (invariant 12).
+    ///
+    /// Reclaimed here rather than when the store opens: opening must stay
+    /// cheap and read-only (a CLI `ls` opens the store too, and another
+    /// process may be writing), while GC already walks the store and owns
+    /// the delay. The driver lists only files whose writer is gone, so a
+    /// write in progress, here or in another live process, is never
+    /// touched however long it idles; the delay is the margin for writers
+    /// the driver cannot see (another machine sharing the directory).
+    async fn gc_leftovers(&self, opts: GcOptions, report: &mut GcReport) -> StoreResult<()> {
+        let now = SystemTime::now();
+        for leftover in self.driver().leftovers(None).await? {
+            if now.duration_since(leftover.modified).unwrap_or_default() < opts.delay {
+                continue;
+            }
+            if !opts.dry_run {
+                self.driver().remove_leftover(&leftover).await?;
+            }
+            report.bytes_freed += leftover.size;
+            report.items.push(GcItem {
+                kind: GcKind::Leftover,
+                repo: None,
+                digest: None,
+                bytes: leftover.size,
+                path: Some(leftover.path),
+            });
         }
         Ok(())
     }

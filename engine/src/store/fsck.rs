@@ -9,6 +9,8 @@
 //!   quiescent GC with delay 0, which is the caller's call to make).
 //! - 5: `_blobstore` is not a repository.
 //! - 6: no marker or stub stands in for a blob in the blobstore layout.
+//! - 12: temp files dead writers left are reported as leftovers (garbage
+//!   GC reclaims, not an error).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -39,6 +41,8 @@ pub enum FindingKind {
     Marker,
     /// `_blobstore` looks like a repository.
     HiddenNamespaceExposed,
+    /// A temp file a dead writer left (garbage, not loss: GC reclaims it).
+    Leftover,
 }
 
 /// One problem found.
@@ -51,9 +55,9 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// Everything but orphans is an error at any time.
+    /// Everything but orphans and leftovers is an error at any time.
     pub fn is_error(&self) -> bool {
-        self.kind != FindingKind::Orphan
+        !matches!(self.kind, FindingKind::Orphan | FindingKind::Leftover)
     }
 }
 
@@ -228,6 +232,18 @@ impl Store {
                 None,
                 None,
                 "_blobstore has an index.json",
+            ));
+        }
+
+        for leftover in self.driver().leftovers(None).await? {
+            out.push(finding(
+                FindingKind::Leftover,
+                None,
+                None,
+                format!(
+                    "{}: {} bytes a dead writer left behind",
+                    leftover.path, leftover.size
+                ),
             ));
         }
         Ok(out)
