@@ -3,7 +3,12 @@
 //! An env var rather than RUSTFLAGS, so only this crate rebuilds: the
 //! dependencies' builds are shared across mutations.
 
-const MUTATIONS: [&str; 3] = ["inverted_order", "sweep_without_recheck", "split_dedupe"];
+const MUTATIONS: [&str; 4] = [
+    "inverted_order",
+    "sweep_without_recheck",
+    "split_dedupe",
+    "gc_without_touch_recheck",
+];
 
 fn main() {
     println!("cargo::rerun-if-env-changed=OCISTORE_MUTATION");

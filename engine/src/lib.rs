@@ -48,6 +48,8 @@ pub const INJECTED_MUTATION: Option<&str> = {
     let m = Some("sweep_without_recheck");
     #[cfg(ocistore_mutation = "split_dedupe")]
     let m = Some("split_dedupe");
+    #[cfg(ocistore_mutation = "gc_without_touch_recheck")]
+    let m = Some("gc_without_touch_recheck");
     #[cfg(not(ocistore_mutation))]
     let m = None;
     m

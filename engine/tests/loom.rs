@@ -181,6 +181,15 @@ fn world(kind: Kind, policy: LockPolicy) -> Store {
     }
     put(&s, "a", "v1", Image::One).unwrap();
     block_on(s.delete_blob(&repo("c"), &Blob::Orphan.digest())).unwrap();
+    // `b`'s Layer is garbage (no manifest of `b` uses it), and a GC pass
+    // marked it long ago: a pass with a delay may take it, unless a client
+    // touches it again first.
+    let mark = format!("mark\0b\0b:{}", Blob::Layer.digest());
+    block_on(
+        s.meta()
+            .commit(engine::meta::Batch::new().put(engine::meta::Table::GC, mark, "0")),
+    )
+    .unwrap();
     s
 }
 
@@ -214,6 +223,9 @@ enum Op {
     GcRepo(&'static str),
     /// GC's `_blobstore` sweep (delay 0).
     Sweep,
+    /// GC's pass over one repository with a delay of an hour: only garbage
+    /// marked more than an hour ago and untouched since goes.
+    GcRepoPastDelay(&'static str),
     /// One side-by-side migration step: the legacy store's `m` into the world.
     MigrateStep,
     /// A GET of a blob, concurrent with the rest: it must be served whole
@@ -222,6 +234,7 @@ enum Op {
 }
 
 const NOW: GcOptions = GcOptions::new(Duration::ZERO);
+const HOUR: GcOptions = GcOptions::new(Duration::from_secs(3600));
 
 /// What an operation answered: done, done without effect, or an error.
 #[derive(Debug)]
@@ -252,6 +265,7 @@ impl Op {
             Op::DeleteBlob(r, b) => block_on(s.delete_blob(&repo(r), &d(b))),
             Op::GcRepo(r) => block_on(s.gc_repository(&repo(r), NOW)).map(|_| ()),
             Op::Sweep => block_on(s.sweep_blobstore(NOW)).map(|_| ()),
+            Op::GcRepoPastDelay(r) => block_on(s.gc_repository(&repo(r), HOUR)).map(|_| ()),
             Op::MigrateStep => block_on(sync_stores(old, s)).map(|report| {
                 assert!(report.problems.is_empty(), "{:?}", report.problems);
             }),
@@ -459,6 +473,10 @@ models! {
     revive_orphan_vs_mount_vs_sweep: [[Upload("b", Orphan)], [Mount { from: "b", to: "a", blob: Orphan }], [Sweep]];
     retag_vs_delete_vs_gc_same_repo: [[DeleteManifest("a", "v1")], [GcRepo("a")], [PutManifest("a", "v1", Image::One)]];
     delete_blob_vs_gc_repo_vs_sweep: [[DeleteBlob("b", Layer)], [GcRepo("a")], [Sweep]];
+    // The delay contract: a blob GC marked long ago, pushed again while a
+    // pass with a delay runs. The push restarts its age, so whichever goes
+    // first, the acknowledged push keeps its bytes (mutation d breaks this).
+    repush_vs_gc_past_delay: [[Push("b", Layer)], [GcRepoPastDelay("b")]];
     revive_with_manifest_vs_gc_vs_sweep: [[Push("b", Orphan), Push("b", Config2), PutManifest("b", "r", Image::Revive)], [GcRepo("b")], [Sweep]];
     migrate_step_vs_upload_vs_sweep: [[MigrateStep], [Upload("b", Orphan)], [Sweep]];
 }
@@ -616,7 +634,9 @@ fn run_mutated(mutation: &str) -> BTreeMap<String, String> {
 
 /// (a) an inverted acquisition order deadlocks an insert against a removal;
 /// (b) a sweep without its final re-check deletes bytes a push revived;
-/// (c) a dedupe check released before its insert lets the sweep in between.
+/// (c) a dedupe check released before its insert lets the sweep in between;
+/// (d) a GC removal that trusts its analysis, not the mark re-read under
+/// the removal's lock, takes a blob a client pushed again meanwhile.
 /// Each must fail the scenarios that exercise it, with loom's report.
 #[test]
 fn mutations_are_caught() {
@@ -633,7 +653,7 @@ fn mutations_are_caught() {
     if let Some(m) = engine::INJECTED_MUTATION {
         panic!("this build injects {m}; the mutation checks run from a clean build");
     }
-    let cases: [(&str, &[&str], &str); 3] = [
+    let cases: [(&str, &[&str], &str); 4] = [
         (
             "inverted_order",
             &[
@@ -657,6 +677,15 @@ fn mutations_are_caught() {
                 "split::push_vs_sweep_same_digest",
             ],
             "reference truth broken",
+        ),
+        (
+            "gc_without_touch_recheck",
+            &[
+                "striped::repush_vs_gc_past_delay",
+                "split::repush_vs_gc_past_delay",
+                "global::repush_vs_gc_past_delay",
+            ],
+            "lost its bytes",
         ),
     ];
     for (mutation, must_fail, report) in cases {
