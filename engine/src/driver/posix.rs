@@ -87,6 +87,18 @@ pub trait PosixFs: Send + Sync + fmt::Debug + 'static {
     /// best effort and synchronously: it runs from `Drop`, where nothing can
     /// be awaited and nothing can be reported.
     fn discard(&self, temp: &str);
+    /// Who writes temp files now, as named in them: on a real machine the
+    /// process. A back end that models a machine's power cycles (the sim
+    /// disk, where a crashed engine restarts inside one process) names the
+    /// boot instead.
+    fn writer_id(&self) -> u64 {
+        u64::from(std::process::id())
+    }
+    /// Whether writer `writer` (from a temp file's name; the file was last
+    /// modified at `modified`) is gone, so its temp files are leftovers.
+    fn writer_gone(&self, writer: u64, modified: SystemTime) -> bool {
+        process_gone(writer, modified)
+    }
     /// Turns a back-end specific error into a driver error, or `None` to let
     /// the generic mapping by kind decide.
     fn classify(&self, err: &io::Error) -> Option<DriverError> {
@@ -95,7 +107,8 @@ pub trait PosixFs: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// The first part of every temp file's name: `.ocistore-tmp.<pid>.<n>`.
+/// The first part of every temp file's name: `.ocistore-tmp.<writer>.<n>`
+/// ([`PosixFs::writer_id`]).
 fn temp_prefix() -> String {
     format!("{RESERVED_PREFIX}-tmp.")
 }
@@ -122,25 +135,27 @@ fn pid_alive(pid: u32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Whether the writer of temp file `name` (modified at `modified`) is gone.
-///
-/// Ours: only if it predates this process. Another live process's: never,
-/// however old (an upload can idle between chunks). A pid reused since is
-/// taken as alive, which keeps a leftover longer, never removes a live one.
-/// The check is this machine's: processes of other machines sharing the
-/// directory are not seen, and their temp files age out by GC's delay only.
-fn writer_gone(name: &str, modified: SystemTime) -> bool {
-    let Some(pid) = name
-        .strip_prefix(&temp_prefix())
+/// The writer part of a temp file's name (`.ocistore-tmp.<writer>.<n>`).
+fn temp_writer(name: &str) -> Option<u64> {
+    name.strip_prefix(&temp_prefix())
         .and_then(|rest| rest.split_once('.'))
-        .and_then(|(pid, _)| pid.parse::<u32>().ok())
-    else {
-        return false; // not a temp file of this protocol
-    };
-    if pid == std::process::id() {
+        .and_then(|(writer, _)| writer.parse().ok())
+}
+
+/// On a real machine: whether process `pid`, the writer of a temp file
+/// modified at `modified`, is gone.
+///
+/// Ours: only if the file predates this process. Another live process's:
+/// never, however old (an upload can idle between chunks). A pid reused
+/// since is taken as alive, which keeps a leftover longer, never removes a
+/// live one. The check is this machine's: processes of other machines
+/// sharing the directory are not seen, and their temp files age out by
+/// GC's delay only.
+pub(crate) fn process_gone(pid: u64, modified: SystemTime) -> bool {
+    if pid == u64::from(std::process::id()) {
         return modified < process_start();
     }
-    !pid_alive(pid)
+    !u32::try_from(pid).is_ok_and(pid_alive)
 }
 
 /// How often a commit retries when a concurrent delete removed the directory
@@ -215,7 +230,7 @@ impl<F: PosixFs> PosixDriver<F> {
             self.ensure_dir(parent.as_ref()).await?;
             loop {
                 let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-                let name = format!("{}{}.{n}", temp_prefix(), std::process::id());
+                let name = format!("{}{}.{n}", temp_prefix(), self.fs.writer_id());
                 let temp = match &parent {
                     Some(p) => format!("{p}/{name}"),
                     None => name,
@@ -495,7 +510,7 @@ impl<F: PosixFs> Driver for PosixDriver<F> {
                     Err(e) if is_missing_dir(&e) => continue, // committed or discarded meanwhile
                     Err(e) => return Err(self.err("stat", &child, e)),
                 };
-                if writer_gone(&name, st.modified) {
+                if temp_writer(&name).is_some_and(|w| self.fs.writer_gone(w, st.modified)) {
                     out.push(Leftover {
                         path: child,
                         size: st.size,

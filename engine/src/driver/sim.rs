@@ -715,6 +715,16 @@ impl PosixFs for Arc<SimDisk> {
             .is_some_and(|inner| inner.is::<PowerLoss>())
             .then_some(DriverError::Crashed { driver: "sim" })
     }
+
+    /// The boot: everything written before the last power cut was written
+    /// by an engine that is gone, whatever process the simulation runs in.
+    fn writer_id(&self) -> u64 {
+        self.crashes()
+    }
+
+    fn writer_gone(&self, writer: u64, _modified: std::time::SystemTime) -> bool {
+        writer < self.crashes()
+    }
 }
 
 fn dir_stat() -> FsStat {
