@@ -100,6 +100,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The backend refused a write for lack of space: a definite answer,
+    /// nothing changed, and the same write may succeed once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::Storage(d) if d.is_no_space())
+    }
+
     /// The OCI error code, or `None` for a storage failure (HTTP 500).
     pub fn code(&self) -> Option<ErrorCode> {
         Some(match self {

@@ -41,9 +41,10 @@ pub const RESERVE_PATH: &str = "_ocistore/reserve";
 /// A reserve that covers the rewrite of a few thousand index rows.
 pub const DEFAULT_RESERVE: u64 = 1 << 20;
 
-/// How often a removal releases the reserve and retries: a concurrent
-/// client write can re-create it in between, taking the space back.
-const RELEASE_RETRIES: usize = 3;
+/// How often a removal on a full disk tries its write again, waiting a
+/// little longer each time (1, 2, 4, ... ms): writes admitted before it
+/// released the reserve may still hold the space it freed, until they end.
+const RELEASE_RETRIES: u32 = 8;
 
 #[derive(Debug, Default)]
 pub(crate) struct Reserve {
@@ -51,6 +52,10 @@ pub(crate) struct Reserve {
     size: AtomicU64,
     /// The reserve file is in place, as far as this process knows.
     held: AtomicBool,
+    /// Removals that found the disk full and are retrying: no client write
+    /// is admitted meanwhile, so none re-creates the reserve with the space
+    /// that was freed for them.
+    removing: AtomicU64,
 }
 
 fn reserve_path() -> DriverPath {
@@ -58,7 +63,7 @@ fn reserve_path() -> DriverPath {
 }
 
 pub(crate) fn is_no_space(e: &StoreError) -> bool {
-    matches!(e, StoreError::Storage(d) if d.is_no_space())
+    e.is_no_space()
 }
 
 impl Store {
@@ -118,7 +123,8 @@ impl Store {
     /// full disk keeps room for removals. The write is refused with "no
     /// space" while it cannot be.
     pub(crate) async fn admit_write(&self) -> StoreResult<()> {
-        if self.reserve_held() || self.restore_reserve().await? {
+        let removing = self.inner.reserve.removing.load(Ordering::SeqCst) > 0;
+        if !removing && (self.reserve_held() || self.restore_reserve().await?) {
             return Ok(());
         }
         Err(StoreError::Storage(DriverError::NoSpace {
@@ -153,14 +159,33 @@ impl Store {
         repo: &RepoName,
         body: Vec<u8>,
     ) -> StoreResult<()> {
-        let mut retries = RELEASE_RETRIES;
-        loop {
-            match self.write_index(repo, body.clone()).await {
-                Err(e) if is_no_space(&e) && retries > 0 && self.release_reserve().await? => {
-                    retries -= 1;
-                }
-                result => return result,
+        let first = self.write_index(repo, body.clone()).await;
+        let reserve = &self.inner.reserve;
+        if !first.as_ref().is_err_and(is_no_space) || reserve.size.load(Ordering::SeqCst) == 0 {
+            return first;
+        }
+        // Dropped on every way out, a cancelled future's included: a count
+        // left behind would refuse every write from then on.
+        struct Removing<'a>(&'a AtomicU64);
+        impl Drop for Removing<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
             }
         }
+        reserve.removing.fetch_add(1, Ordering::SeqCst);
+        let _removing = Removing(&reserve.removing);
+        let mut result = first;
+        for attempt in 0..RELEASE_RETRIES {
+            // Another removal may have released it already: then wait for
+            // the writes in flight to end instead.
+            if !self.release_reserve().await? {
+                crate::sync::sleep(std::time::Duration::from_millis(1 << attempt)).await;
+            }
+            result = self.write_index(repo, body.clone()).await;
+            if !result.as_ref().is_err_and(is_no_space) {
+                break;
+            }
+        }
+        result
     }
 }
