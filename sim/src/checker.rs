@@ -338,6 +338,46 @@ impl Checker {
         }
     }
 
+    /// Invariant 12 after crashes and a quiescent GC with delay 0: every
+    /// file on the disk (`files`: path and size) is live content (the
+    /// store's configuration and reserve, a repository's own files and the
+    /// blobs it holds, their `_blobstore` copies). A temp file, a staged
+    /// upload, a removed repository's leftover is reported with its bytes.
+    pub async fn verify_no_leaks(&self, store: &Store, files: &BTreeMap<String, u64>, when: &str) {
+        let mut live: HashSet<String> = [engine::store::CONFIG_PATH, engine::store::RESERVE_PATH]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let repos = match store.catalog(None, None).await {
+            Ok(repos) => repos,
+            Err(e) => return self.violation(format!("{when}: catalog: {e}")),
+        };
+        for repo in &repos {
+            live.insert(engine::layout::index_json(repo).to_string());
+            live.insert(engine::layout::oci_layout(repo).to_string());
+            let digests = match store.repo_blobs(repo).await {
+                Ok(d) => d,
+                Err(e) => return self.violation(format!("{when}: {repo}: {e}")),
+            };
+            for d in digests {
+                live.insert(engine::layout::repo_blob(repo, &d).to_string());
+                live.insert(engine::layout::blobstore_blob(&d).to_string());
+            }
+        }
+        let leaked: Vec<(&String, &u64)> = files
+            .iter()
+            .filter(|(path, _)| !live.contains(*path))
+            .collect();
+        if !leaked.is_empty() {
+            let bytes: u64 = leaked.iter().map(|(_, size)| **size).sum();
+            let first: Vec<&str> = leaked.iter().take(5).map(|(p, _)| p.as_str()).collect();
+            self.violation(format!(
+                "{when}: {} file(s), {bytes} bytes on the disk are no live content, e.g. {first:?} (invariant 12)",
+                leaked.len()
+            ));
+        }
+    }
+
     /// fsck (invariants 3-6); `quiescent_gc`: orphans count too (invariant 4).
     pub async fn fsck(&self, store: &Store, when: &str, quiescent_gc: bool) {
         match store.fsck().await {
@@ -441,6 +481,69 @@ mod tests {
         // Outside the delay the same touches leave the window.
         checker.verify_young(&store, Duration::ZERO, "old").await;
         assert_eq!(checker.violations().len(), 2);
+    }
+
+    /// Invariant 12 speaks: live content alone passes; a staged upload no
+    /// session owns and a `_blobstore` copy no repository holds are leaks.
+    #[tokio::test]
+    async fn bytes_that_are_no_live_content_are_reported() {
+        let disk = SimDisk::new();
+        let driver = Arc::new(SimDriver::on(disk.clone()));
+        let config = StoreConfig {
+            layout: LayoutKind::Blobstore,
+            policy: LockPolicy::Striped,
+        };
+        let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
+            .await
+            .unwrap();
+        let repo = RepoName::parse("r").unwrap();
+        let layer = Bytes::from_static(b"layer");
+        store
+            .push_blob(&repo, &Digest::sha256(&layer), layer)
+            .await
+            .unwrap();
+        let files = |disk: &SimDisk| -> BTreeMap<String, u64> {
+            disk.durable_image()
+                .into_iter()
+                .map(|(p, b)| (p, b.len() as u64))
+                .collect()
+        };
+        let checker = Checker::default();
+        checker
+            .verify_no_leaks(&store, &files(&disk), "clean")
+            .await;
+        assert!(
+            checker.violations().is_empty(),
+            "{:?}",
+            checker.violations()
+        );
+
+        let put = |path: &'static str| {
+            let store = store.clone();
+            async move {
+                let p = engine::driver::DriverPath::new(path).unwrap();
+                store
+                    .driver()
+                    .put(
+                        &p,
+                        Bytes::from_static(b"junk!"),
+                        engine::driver::PutMode::Overwrite,
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        put("r/.uploads/stale").await;
+        put("_blobstore/blobs/sha256/0000000000000000000000000000000000000000000000000000000000000000").await;
+        checker
+            .verify_no_leaks(&store, &files(&disk), "leaky")
+            .await;
+        let v = checker.violations();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains("2 file(s), 10 bytes") && v[0].contains("r/.uploads/stale"),
+            "{v:?}"
+        );
     }
 
     /// The checker is only worth its silence if it speaks: a tag lost

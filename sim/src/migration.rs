@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::checker::Checker;
 use crate::faults::FaultPlan;
 use crate::rng::Rng;
-use crate::scenario::{Migration, Scenario};
+use crate::scenario::Migration;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MigrationSummary {
@@ -93,6 +93,16 @@ async fn preload(store: &Store, m: &Migration, rng: &Rng) {
     }
 }
 
+/// The power cut the fault plan injected (the disk or the metadata store
+/// lost power), as opposed to any other failure.
+fn crashed(e: &engine::StoreError) -> bool {
+    matches!(
+        e,
+        engine::StoreError::Storage(engine::driver::DriverError::Crashed { .. })
+            | engine::StoreError::Meta(engine::meta::MetaError::Crashed)
+    )
+}
+
 fn markers(disk: &SimDisk) -> usize {
     let empty = Digest::sha256(b"").hex().to_owned();
     disk.durable_image()
@@ -104,7 +114,7 @@ fn markers(disk: &SimDisk) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     m: &Migration,
-    scenario: &Scenario,
+    policy: LockPolicy,
     disk: &Arc<SimDisk>,
     meta: &Arc<MemoryMeta>,
     driver: &Arc<dyn Driver>,
@@ -114,7 +124,6 @@ pub async fn run(
     rng: &Rng,
 ) -> MigrationSummary {
     let started = tokio::time::Instant::now();
-    let policy: LockPolicy = scenario.store.policies[0].parse().expect("validated");
     let legacy = StoreConfig {
         layout: LayoutKind::Legacy,
         policy,
@@ -157,6 +166,8 @@ pub async fn run(
     let before = logical(&store).await;
     drop(store);
     summary.repos = before.len();
+    // The stops count the migration's own operations, not the preload's.
+    disk.power_on();
     let stops = plan
         .migration_crashes
         .iter()
@@ -181,8 +192,12 @@ pub async fn run(
         match result {
             Ok(r) if r.completed => break, // finished before the planned stop
             Ok(_) => {}
-            Err(_) if crash => summary.crashes += 1,
-            Err(_) => summary.no_space_stops += 1,
+            Err(e) if crash && crashed(&e) => summary.crashes += 1,
+            Err(e) if !crash && e.is_no_space() => summary.no_space_stops += 1,
+            Err(e) => checker.violation(format!(
+                "migration stopped by {e}, not by the planned {} (invariant 8)",
+                if crash { "power cut" } else { "full disk" }
+            )),
         }
     }
     match migrate_in_place(driver.clone(), meta_dyn.clone(), &|_, _| {}).await {

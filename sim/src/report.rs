@@ -61,6 +61,9 @@ pub struct RunResult {
     pub retries: u64,
     /// Acknowledged touches invariant 10 checked while GC ran (0 without a GC delay).
     pub young_checked: u64,
+    /// Writes refused for lack of space, and manifests acknowledged after the first.
+    pub no_space: u64,
+    pub acked_after_full: u64,
     pub crashes: usize,
     pub migration: Option<MigrationSummary>,
     pub violations: Vec<String>,
@@ -140,6 +143,8 @@ impl RunResult {
             refused: shared.stats.refused.load(Ordering::Relaxed),
             retries: shared.stats.retries.load(Ordering::Relaxed),
             young_checked: shared.checker.touches_checked(),
+            no_space: shared.stats.no_space.load(Ordering::Relaxed),
+            acked_after_full: shared.stats.acked_after_full.load(Ordering::Relaxed),
             crashes,
             migration,
             violations: shared.checker.violations(),
@@ -221,6 +226,15 @@ pub fn table(results: &[RunResult]) -> String {
             r.label(),
             r.young_checked,
             r.retries
+        );
+    }
+    for r in results.iter().filter(|r| r.no_space > 0) {
+        let _ = writeln!(
+            out,
+            "full disk ({}): {} writes refused for space; {} manifests acknowledged after the first refusal",
+            r.label(),
+            r.no_space,
+            r.acked_after_full
         );
     }
     for r in results {

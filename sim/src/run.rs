@@ -69,9 +69,11 @@ async fn simulate(
     let spike = Arc::new(AtomicU64::new(1));
     let driver = driver(&disk, &scenario, spike.clone());
     let config = StoreConfig { layout, policy };
+    let reserve = scenario.store.reserve_bytes;
     let shared = Arc::new(Shared::new(
         scenario.workload.clone(),
         scenario.gc.as_ref(),
+        reserve > 0,
         &rng,
     ));
     let accumulated = Arc::new(Mutex::new(Accumulated::default()));
@@ -80,7 +82,7 @@ async fn simulate(
         Some(m) => Some(
             migration::run(
                 m,
-                &scenario,
+                policy,
                 &disk,
                 &meta,
                 &driver,
@@ -96,7 +98,7 @@ async fn simulate(
 
     if scenario.workload.preload_images > 0 {
         let meta: Arc<dyn MetaStore> = meta.clone();
-        match Store::open(driver.clone(), meta, config).await {
+        match open_store(driver.clone(), meta, config, reserve).await {
             Ok(store) => crate::workload::preload(&store, &shared, &rng).await,
             Err(e) => shared.checker.violation(format!("preload: {e}")),
         }
@@ -121,7 +123,7 @@ async fn simulate(
                 );
                 async move {
                     let meta: Arc<dyn MetaStore> = meta;
-                    let store = match Store::open(driver, meta, config).await {
+                    let store = match open_store(driver, meta, config, reserve).await {
                         Ok(s) => s,
                         Err(e) => {
                             shared.checker.violation(format!(
@@ -144,6 +146,11 @@ async fn simulate(
                                 match store.gc(opts).await {
                                     Err(e) if e.code().is_some() => {
                                         shared.checker.violation(format!("gc: {e}"));
+                                    }
+                                    Err(e) if e.is_no_space() && reserve > 0 => {
+                                        shared.checker.violation(format!(
+                                            "gc on a full disk: {e} (invariant 11)"
+                                        ));
                                     }
                                     Err(_) => {}
                                     // Checked while clients keep pushing.
@@ -192,7 +199,7 @@ async fn simulate(
         disk.power_on();
         crashes += 1;
         let when = format!("after the crash at {:.3}s", at.as_secs_f64());
-        match Store::open(driver.clone(), meta.clone(), config).await {
+        match open_store(driver.clone(), meta.clone(), config, reserve).await {
             Ok(recovered) => {
                 shared.checker.verify_tags(&recovered, &when).await;
                 shared.checker.fsck(&recovered, &when, false).await;
@@ -217,7 +224,7 @@ async fn simulate(
     // The end: a quiescent GC with delay 0 (if the scenario collects), then
     // every acknowledged write read back, and fsck.
     spike.store(1, Ordering::Relaxed);
-    let final_store = Store::open(driver.clone(), meta.clone(), config).await;
+    let final_store = open_store(driver.clone(), meta.clone(), config, reserve).await;
     match &final_store {
         Ok(store) => {
             if let Some(gc) = &scenario.gc
@@ -242,12 +249,35 @@ async fn simulate(
                 .checker
                 .fsck(store, "at the end", scenario.gc.is_some())
                 .await;
+            if scenario.gc.is_some() {
+                let files = disk
+                    .durable_image()
+                    .into_iter()
+                    .map(|(path, bytes)| (path, bytes.len() as u64))
+                    .collect();
+                shared
+                    .checker
+                    .verify_no_leaks(store, &files, "after the final gc")
+                    .await;
+            }
         }
         Err(e) => shared
             .checker
             .violation(format!("at the end: the store did not reopen: {e}")),
     }
 
+    // Invariant 11: once the disk filled, GC's frees let pushes in again,
+    // in the same run, without a restart.
+    let stats = &shared.stats;
+    if reserve > 0
+        && stats.no_space.load(Ordering::Relaxed) > 0
+        && stats.acked_after_full.load(Ordering::Relaxed) == 0
+    {
+        shared.checker.violation(format!(
+            "the disk filled ({} writes refused for space) and no push was acknowledged after (invariant 11)",
+            stats.no_space.load(Ordering::Relaxed)
+        ));
+    }
     let acc = accumulated.lock().unwrap().clone();
     RunResult::new(
         &scenario,
@@ -261,6 +291,21 @@ async fn simulate(
         migration,
         final_hash(&disk, &meta),
     )
+}
+
+/// Opens the store as the engine node does after every (re)start: with the
+/// scenario's reserve for removals on a full disk, if it keeps one.
+async fn open_store(
+    driver: Arc<dyn Driver>,
+    meta: Arc<dyn MetaStore>,
+    config: StoreConfig,
+    reserve: u64,
+) -> engine::StoreResult<Store> {
+    let store = Store::open(driver, meta, config).await?;
+    if reserve > 0 {
+        store.keep_reserve(reserve).await?;
+    }
+    Ok(store)
 }
 
 /// The "unseed": a hash of the durable disk image and the metadata store.

@@ -50,6 +50,12 @@ pub struct StoreSection {
     pub driver: String,
     #[serde(default)]
     pub latency: Latency,
+    /// Bytes the store keeps aside for removals on a full disk
+    /// (`Store::keep_reserve`; 0: none). With a reserve, invariant 11 is
+    /// checked: removals and GC never fail for space, and once the disk has
+    /// filled, pushes are acknowledged again later in the same run.
+    #[serde(default)]
+    pub reserve_bytes: u64,
 }
 
 fn default_layouts() -> Vec<String> {
@@ -71,6 +77,7 @@ impl Default for StoreSection {
             policies: default_policies(),
             driver: default_driver(),
             latency: Latency::default(),
+            reserve_bytes: 0,
         }
     }
 }

@@ -103,6 +103,10 @@ pub struct Stats {
     pub store_ops: AtomicU64,
     pub refused: AtomicU64,
     pub retries: AtomicU64,
+    /// Writes refused for lack of space.
+    pub no_space: AtomicU64,
+    /// Manifests acknowledged after the first no-space refusal.
+    pub acked_after_full: AtomicU64,
 }
 
 impl Default for Stats {
@@ -117,6 +121,8 @@ impl Default for Stats {
             store_ops: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            no_space: AtomicU64::new(0),
+            acked_after_full: AtomicU64::new(0),
         }
     }
 }
@@ -152,6 +158,8 @@ pub struct Shared {
     /// How long a session may sit between two calls and still be live
     /// (`None`: no GC, nothing cancels sessions).
     session_idle_limit: Option<Duration>,
+    /// The store keeps a reserve for removals: invariant 11 is checked.
+    pub keeps_reserve: bool,
     pub finished: AtomicU64,
     pool_seed: u64,
     /// The shared layers, built on first use: every push and HEAD of a pool
@@ -174,7 +182,12 @@ const RECENT: usize = 4;
 impl Shared {
     /// `gc`: the scenario's periodic GC, whose delay and session limit the
     /// clients and the checker hold it to.
-    pub fn new(workload: Workload, gc: Option<&GcSection>, rng: &Rng) -> Shared {
+    pub fn new(
+        workload: Workload,
+        gc: Option<&GcSection>,
+        keeps_reserve: bool,
+        rng: &Rng,
+    ) -> Shared {
         let clients = (0..workload.clients)
             .map(|c| Mutex::new((rng.fork(100 + c), 0)))
             .collect();
@@ -194,6 +207,7 @@ impl Shared {
             clients,
             recent,
             session_idle_limit: gc.map(GcSection::session_idle_limit),
+            keeps_reserve,
             finished: AtomicU64::new(0),
             pool_seed: rng.fork(7).next(),
             pool,
@@ -421,6 +435,9 @@ fn refused(shared: &Shared, e: &engine::StoreError) {
     if e.code().is_none() {
         shared.stats.refused.fetch_add(1, Ordering::Relaxed);
     }
+    if e.is_no_space() {
+        shared.stats.no_space.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Where a manifest goes: under a tag (tracked for invariants 1 and 2) or
@@ -576,6 +593,12 @@ impl Client<'_> {
         }
         result?;
         checker.touch_manifest(sent, self.repo, media_type, manifest);
+        if self.shared.stats.no_space.load(Ordering::Relaxed) > 0 {
+            self.shared
+                .stats
+                .acked_after_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -872,6 +895,11 @@ impl Client<'_> {
             Err(e) => {
                 shared.checker.abandon(repo, &tag);
                 refused(shared, &e);
+                if e.is_no_space() && shared.keeps_reserve {
+                    shared.checker.violation(format!(
+                        "delete {repo}:{tag} refused on a full disk: {e} (invariant 11)"
+                    ));
+                }
             }
         }
         OpClass::Delete
