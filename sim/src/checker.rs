@@ -41,6 +41,9 @@ struct TagState {
     acked: Option<Acked>,
     /// A write sent and not yet acknowledged: `Some(None)` is a delete.
     inflight: Option<Option<Acked>>,
+    /// Bumped by every change of the two above: a reader that sees the
+    /// same version before and after its read knows no write overlapped it.
+    version: u64,
 }
 
 /// Something a client touched, and when it sent the acknowledging call
@@ -91,9 +94,9 @@ impl Checker {
 
     pub fn begin(&self, repo: &RepoName, tag: &str, value: Option<Acked>) {
         let mut tags = self.tags.lock().unwrap();
-        tags.entry((repo.to_string(), tag.to_owned()))
-            .or_default()
-            .inflight = Some(value);
+        let state = tags.entry((repo.to_string(), tag.to_owned())).or_default();
+        state.inflight = Some(value);
+        state.version += 1;
     }
 
     pub fn ack(&self, repo: &RepoName, tag: &str) {
@@ -102,6 +105,7 @@ impl Checker {
         if let Some(value) = state.inflight.take() {
             state.acked = value;
         }
+        state.version += 1;
     }
 
     /// The write failed with a definite answer: nothing changed.
@@ -109,7 +113,32 @@ impl Checker {
         let mut tags = self.tags.lock().unwrap();
         if let Some(state) = tags.get_mut(&(repo.to_string(), tag.to_owned())) {
             state.inflight = None;
+            state.version += 1;
         }
+    }
+
+    /// The tag's version (see [`TagState::version`]).
+    pub fn tag_version(&self, repo: &RepoName, tag: &str) -> u64 {
+        self.tags
+            .lock()
+            .unwrap()
+            .get(&(repo.to_string(), tag.to_owned()))
+            .map_or(0, |s| s.version)
+    }
+
+    /// Whether a reader that saw `seen` for the tag, with no write between
+    /// its start at `version` and now, saw a value it may: the
+    /// acknowledged one or the one in flight.
+    pub fn may_show(&self, repo: &RepoName, tag: &str, version: u64, seen: &Digest) -> bool {
+        let tags = self.tags.lock().unwrap();
+        let Some(s) = tags.get(&(repo.to_string(), tag.to_owned())) else {
+            return false;
+        };
+        s.version != version
+            || s.acked.as_ref().is_some_and(|a| &a.digest == seen)
+            || s.inflight
+                .as_ref()
+                .is_some_and(|v| v.as_ref().is_some_and(|a| &a.digest == seen))
     }
 
     /// An acknowledged tag of `repo` (for pulls), chosen by `pick`.
@@ -197,6 +226,7 @@ impl Checker {
             let s = tags.get_mut(&(repo.clone(), tag.clone())).expect("present");
             s.acked = value;
             s.inflight = None;
+            s.version += 1;
         }
     }
 

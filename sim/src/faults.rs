@@ -18,6 +18,9 @@ pub struct FaultPlan {
     pub spikes: Vec<(Duration, Duration, u64)>,
     /// Machine-operation counts at which the migration loses power.
     pub migration_crashes: Vec<u64>,
+    /// Where seeded power cuts fall in the migration, as fractions of its
+    /// length (known only once the dataset is written).
+    pub migration_crash_fractions: Vec<f64>,
     pub migration_no_space: Vec<u64>,
 }
 
@@ -50,17 +53,17 @@ impl FaultPlan {
             })
             .collect();
         let (mut migration_crashes, mut migration_no_space) = (Vec::new(), Vec::new());
+        let mut migration_crash_fractions = Vec::new();
         if let Some(m) = &s.migration {
             migration_crashes = m.crash_after_ops.clone();
-            for _ in 0..m.random_crashes {
-                migration_crashes.push(rng.range(1, 2000));
-            }
+            migration_crash_fractions = (0..m.random_crashes).map(|_| rng.unit()).collect();
             migration_no_space = m.no_space_after_ops.clone();
         }
         FaultPlan {
             crashes,
             spikes,
             migration_crashes,
+            migration_crash_fractions,
             migration_no_space,
         }
     }

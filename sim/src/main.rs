@@ -13,6 +13,7 @@
 //! (liveness); 4 an expectation about the figures did not hold.
 #![cfg_attr(not(madsim), allow(dead_code, unused_imports))]
 
+mod broken;
 mod checker;
 mod faults;
 #[cfg(not(madsim))]

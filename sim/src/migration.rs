@@ -24,6 +24,10 @@ use crate::scenario::Migration;
 pub struct MigrationSummary {
     pub mode: String,
     pub repos: usize,
+    /// Machine operations of the whole migration, uninterrupted.
+    pub ops: u64,
+    /// Stops planned (power cuts and full disks), and those delivered.
+    pub planned_stops: usize,
     pub crashes: usize,
     pub no_space_stops: usize,
     pub bytes_copied: u64,
@@ -93,6 +97,27 @@ async fn preload(store: &Store, m: &Migration, rng: &Rng) {
     }
 }
 
+/// Machine operations (disk calls and metadata commits) of an
+/// uninterrupted migration of the scenario's dataset, on a disk of its own.
+async fn probe_length(
+    m: &Migration,
+    legacy: StoreConfig,
+    make_driver: &dyn Fn(&Arc<SimDisk>) -> Arc<dyn Driver>,
+    rng: &Rng,
+) -> u64 {
+    let disk = SimDisk::new();
+    let meta: Arc<dyn MetaStore> = Arc::new(MemoryMeta::on_machine(disk.clone()));
+    let driver = make_driver(&disk);
+    let store = Store::open(driver.clone(), meta.clone(), legacy)
+        .await
+        .expect("fresh legacy root");
+    preload(&store, m, rng).await;
+    drop(store);
+    disk.power_on();
+    let _ = migrate_in_place(driver, meta, &|_, _| {}).await;
+    disk.ops_since_power_on()
+}
+
 /// The power cut the fault plan injected (the disk or the metadata store
 /// lost power), as opposed to any other failure.
 fn crashed(e: &engine::StoreError) -> bool {
@@ -118,6 +143,7 @@ pub async fn run(
     disk: &Arc<SimDisk>,
     meta: &Arc<MemoryMeta>,
     driver: &Arc<dyn Driver>,
+    make_driver: &dyn Fn(&Arc<SimDisk>) -> Arc<dyn Driver>,
     plan: &FaultPlan,
     base_faults: &SimFaults,
     checker: &Checker,
@@ -166,22 +192,47 @@ pub async fn run(
     let before = logical(&store).await;
     drop(store);
     summary.repos = before.len();
-    // The stops count the migration's own operations, not the preload's.
-    disk.power_on();
-    let stops = plan
+
+    // How long the migration is: the same dataset migrated once, without
+    // faults, on a disk of its own. Every stop is placed inside that length.
+    summary.ops = probe_length(m, legacy, make_driver, rng).await;
+    let n = summary.ops.max(2);
+    let mut stops: Vec<(u64, bool)> = plan
         .migration_crashes
         .iter()
         .map(|k| (*k, true))
-        .chain(plan.migration_no_space.iter().map(|k| (*k, false)));
-    for (k, crash) in stops {
+        .chain(
+            plan.migration_crash_fractions
+                .iter()
+                .map(|f| (1 + (f * (n - 1) as f64) as u64, true)),
+        )
+        .chain(plan.migration_no_space.iter().map(|k| (*k, false)))
+        .collect();
+    stops.sort();
+    stops.dedup_by_key(|(k, _)| *k);
+    summary.planned_stops = stops.len();
+    if let Some((k, _)) = stops.iter().find(|(k, _)| *k >= n) {
+        checker.violation(format!(
+            "a planned migration stop after {k} operations is past the migration's end ({n} operations)"
+        ));
+    }
+    // Positions count along the uninterrupted migration. A resumed run
+    // skips only repositories done before the previous stop and redoes
+    // the interrupted one, so it has at least the rest of those operations
+    // left: a stop `k - previous` operations into it lands before its end.
+    disk.power_on(); // the stops count the migration's operations only
+    let mut previous = 0;
+    for (k, crash) in stops.into_iter().filter(|(k, _)| *k < n) {
+        let after = k - previous;
+        previous = k;
         let faults = if crash {
             SimFaults {
-                crash_after_ops: Some(k),
+                crash_after_ops: Some(after),
                 ..base_faults.clone()
             }
         } else {
             SimFaults {
-                no_space_after_ops: Some(k),
+                no_space_after_ops: Some(after),
                 ..base_faults.clone()
             }
         };
@@ -190,10 +241,11 @@ pub async fn run(
         disk.set_faults(base_faults.clone());
         disk.power_on();
         match result {
-            Ok(r) if r.completed => break, // finished before the planned stop
-            Ok(_) => {}
             Err(e) if crash && crashed(&e) => summary.crashes += 1,
             Err(e) if !crash && e.is_no_space() => summary.no_space_stops += 1,
+            Ok(_) => checker.violation(format!(
+                "the migration finished before its planned stop after {k} operations"
+            )),
             Err(e) => checker.violation(format!(
                 "migration stopped by {e}, not by the planned {} (invariant 8)",
                 if crash { "power cut" } else { "full disk" }

@@ -54,6 +54,8 @@ pub struct RunResult {
     pub ops: u64,
     pub throughput: f64,
     pub latency: BTreeMap<String, Latency>,
+    /// Per class: operations acknowledged and failed.
+    pub outcomes: BTreeMap<String, (u64, u64)>,
     pub locks: Vec<LockRow>,
     pub driver_calls: u64,
     pub calls_per_op: f64,
@@ -106,6 +108,11 @@ impl RunResult {
             .map(|c| (c.name().to_string(), latency(&shared.stats.histogram(*c))))
             .filter(|(_, l)| l.count > 0)
             .collect();
+        let outcomes = OpClass::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), shared.stats.outcomes(*c)))
+            .filter(|(_, (a, f))| a + f > 0)
+            .collect();
         let mut locks = Vec::new();
         if let Some(m) = &acc.locks {
             for domain in Domain::ALL {
@@ -137,6 +144,7 @@ impl RunResult {
                 0.0
             },
             latency,
+            outcomes,
             locks,
             driver_calls: acc.calls.total(),
             calls_per_op: acc.calls.total() as f64 / ops.max(1) as f64,
@@ -219,6 +227,15 @@ pub fn table(results: &[RunResult]) -> String {
             .collect();
         let _ = writeln!(out, "  {:<16} {}", r.label(), cells.join(" | "));
     }
+    let _ = writeln!(out, "\nacknowledged (failed) operations per class:");
+    for r in results {
+        let cells: Vec<String> = r
+            .outcomes
+            .iter()
+            .map(|(c, (acked, failed))| format!("{c} {acked} ({failed})"))
+            .collect();
+        let _ = writeln!(out, "  {:<16} {}", r.label(), cells.join(", "));
+    }
     for r in results.iter().filter(|r| r.young_checked > 0) {
         let _ = writeln!(
             out,
@@ -241,11 +258,13 @@ pub fn table(results: &[RunResult]) -> String {
         if let Some(m) = &r.migration {
             let _ = writeln!(
                 out,
-                "migration ({}): {} repos, {} crash(es), {} full-disk stop(s), {} relinked, {} bytes copied, {} markers removed, {:.0} virtual ms",
+                "migration ({}): {} repos, {} operations; {} crash(es) and {} full-disk stop(s) delivered of {} planned; {} relinked, {} bytes copied, {} markers removed, {:.0} virtual ms",
                 m.mode,
                 m.repos,
+                m.ops,
                 m.crashes,
                 m.no_space_stops,
+                m.planned_stops,
                 m.blobs_relinked,
                 m.bytes_copied,
                 m.markers_removed,

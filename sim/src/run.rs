@@ -19,6 +19,7 @@ use engine::{LayoutKind, LockPolicy, Store, StoreConfig};
 use madsim::runtime::{Handle, Runtime};
 use sha2::Digest as _;
 
+use crate::broken::{Broken, BrokenDriver};
 use crate::faults::{FaultPlan, latency_model};
 use crate::migration;
 use crate::report::{Accumulated, RunResult};
@@ -42,12 +43,16 @@ pub fn run(scenario: &Scenario, layout: LayoutKind, policy: LockPolicy, seed: u6
 
 fn driver(disk: &Arc<SimDisk>, scenario: &Scenario, spike: Arc<AtomicU64>) -> Arc<dyn Driver> {
     let model = latency_model(&scenario.store.latency, spike);
-    match scenario.store.driver.as_str() {
+    let driver: Arc<dyn Driver> = match scenario.store.driver.as_str() {
         "objects" => Arc::new(LatencyDriver::new(
             ObjectDriver::on_sim(disk.clone()),
             model,
         )),
         _ => Arc::new(LatencyDriver::new(SimDriver::on(disk.clone()), model)),
+    };
+    match scenario.faults.broken {
+        Some(broken) => Arc::new(BrokenDriver::new(driver, broken)),
+        None => driver,
     }
 }
 
@@ -62,6 +67,7 @@ async fn simulate(
     let base_faults = SimFaults {
         capacity: (scenario.faults.capacity_bytes > 0).then_some(scenario.faults.capacity_bytes),
         torn_writes: scenario.faults.torn_writes,
+        lying_fsync: scenario.faults.broken.is_some_and(Broken::lies_about_fsync),
         ..SimFaults::default()
     };
     let disk = SimDisk::with_faults(base_faults.clone(), seed);
@@ -86,6 +92,7 @@ async fn simulate(
                 &disk,
                 &meta,
                 &driver,
+                &|d: &Arc<SimDisk>| self::driver(d, &scenario, Arc::new(AtomicU64::new(1))),
                 &plan,
                 &base_faults,
                 &shared.checker,
@@ -266,6 +273,13 @@ async fn simulate(
             .violation(format!("at the end: the store did not reopen: {e}")),
     }
 
+    let (pushes, _) = shared.stats.outcomes(crate::workload::OpClass::Push);
+    if pushes < scenario.workload.min_acked_pushes {
+        shared.checker.violation(format!(
+            "{pushes} pushes acknowledged, fewer than the scenario's minimum of {}",
+            scenario.workload.min_acked_pushes
+        ));
+    }
     // Invariant 11: once the disk filled, GC's frees let pushes in again,
     // in the same run, without a restart.
     let stats = &shared.stats;

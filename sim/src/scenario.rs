@@ -146,6 +146,10 @@ pub struct Workload {
     /// pushes after a HEAD, manifests under tags).
     #[serde(default)]
     pub protocol: Protocol,
+    /// Acknowledged `push` operations every run must reach: a store that
+    /// refuses what it should take fails the run, however clean the rest.
+    #[serde(default)]
+    pub min_acked_pushes: u64,
 }
 
 /// How a client pushes, as registry clients do (DESIGN §7's delay
@@ -330,6 +334,10 @@ pub struct Faults {
     pub capacity_bytes: u64,
     #[serde(default)]
     pub latency_spikes: Vec<Spike>,
+    /// A deliberately broken store (see sim/src/broken.rs): the run must
+    /// fail. Only for proving the checker.
+    #[serde(default)]
+    pub broken: Option<crate::broken::Broken>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

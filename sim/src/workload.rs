@@ -94,11 +94,26 @@ impl OpClass {
     }
 }
 
-/// Per-class latency (virtual nanoseconds) and outcome counts, shared by
-/// every client and surviving node restarts.
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The store gave the answer the protocol promises (a write taken, a
+    /// read served in full, a definite "unknown" for what is not there).
+    Acked,
+    /// Refused or failed: a full disk, a crash, a blob GC took.
+    Failed,
+    /// Nothing to do (no acknowledged tag to pull or sign yet).
+    Idle,
+}
+
+/// Per-class latency (virtual nanoseconds, acknowledged operations only)
+/// and outcome counts, shared by every client and surviving node restarts.
 #[derive(Debug)]
 pub struct Stats {
     latency: Mutex<HashMap<OpClass, Histogram<u64>>>,
+    /// Per class: acknowledged, failed.
+    outcomes: Mutex<HashMap<OpClass, (u64, u64)>>,
+    /// Acknowledged operations of every class.
     pub ops: AtomicU64,
     pub store_ops: AtomicU64,
     pub refused: AtomicU64,
@@ -117,6 +132,7 @@ impl Default for Stats {
             .collect();
         Stats {
             latency: Mutex::new(latency),
+            outcomes: Mutex::default(),
             ops: AtomicU64::new(0),
             store_ops: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -128,7 +144,17 @@ impl Default for Stats {
 }
 
 impl Stats {
-    fn record(&self, class: OpClass, d: Duration) {
+    fn record(&self, class: OpClass, outcome: Outcome, d: Duration) {
+        let mut outcomes = self.outcomes.lock().unwrap();
+        let counts = outcomes.entry(class).or_default();
+        match outcome {
+            Outcome::Acked => counts.0 += 1,
+            Outcome::Failed => counts.1 += 1,
+            Outcome::Idle => return,
+        }
+        if outcome == Outcome::Failed {
+            return;
+        }
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.latency
             .lock()
@@ -137,6 +163,16 @@ impl Stats {
             .expect("known class")
             .saturating_record(ns);
         self.ops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Acknowledged and failed operations of `class`.
+    pub fn outcomes(&self, class: OpClass) -> (u64, u64) {
+        self.outcomes
+            .lock()
+            .unwrap()
+            .get(&class)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn histogram(&self, class: OpClass) -> Histogram<u64> {
@@ -409,7 +445,7 @@ pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
             shared: &shared,
             repo: &repo,
         };
-        let class = match class {
+        let (class, outcome) = match class {
             OpClass::Push => c.push(&mut rng).await,
             OpClass::Pull | OpClass::PullQuiet => c.pull(&mut rng, repo_i != 0).await,
             OpClass::Head => c.head(&mut rng).await,
@@ -420,7 +456,7 @@ pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
             OpClass::Repush => c.repush(&mut rng).await,
             OpClass::Abandon => c.abandon(&mut rng).await,
         };
-        shared.stats.record(class, started.elapsed());
+        shared.stats.record(class, outcome, started.elapsed());
         tokio::time::sleep(Duration::from_micros(w.think_us)).await;
     }
     shared.finished.fetch_add(1, Ordering::Relaxed);
@@ -616,7 +652,9 @@ impl Client<'_> {
     ) -> bool {
         for attempt in 0..4 {
             if let Err(e) = self.send_blobs(rng, blobs, blind && attempt == 0).await {
-                refused(self.shared, &e);
+                // A session idle past GC's limit may be cancelled (a
+                // cancelled live one is reported where it happens).
+                self.unexpected("blob push", &e, &[ErrorCode::BlobUploadUnknown]);
                 return false;
             }
             match self.put_manifest(target, media_type, manifest).await {
@@ -657,7 +695,7 @@ impl Client<'_> {
         });
     }
 
-    async fn push(&self, rng: &mut Rng) -> OpClass {
+    async fn push(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let (blobs, manifest) = self.shared.image(rng);
         let tag = own_tag(self.id, rng.below(3));
         let by_digest = self.shared.workload.protocol.by_digest;
@@ -666,15 +704,16 @@ impl Client<'_> {
         } else {
             Target::Tag(tag)
         };
-        self.push_image(rng, &blobs, media::OCI_MANIFEST, &manifest, &target, false)
+        let pushed = self
+            .push_image(rng, &blobs, media::OCI_MANIFEST, &manifest, &target, false)
             .await;
-        OpClass::Push
+        (OpClass::Push, acked_if(pushed))
     }
 
     /// Two images by digest (their layers take as long as the protocol
     /// says), then an index over them, by digest or under a tag: the
     /// index's children may be older than the delay when it arrives.
-    async fn index(&self, rng: &mut Rng) -> OpClass {
+    async fn index(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let children = [self.shared.image(rng), self.shared.image(rng)];
         let by_digest = rng.unit() < self.shared.workload.protocol.by_digest.max(0.5);
         let target = if by_digest {
@@ -701,57 +740,63 @@ impl Client<'_> {
                     )
                     .await;
                 if !pushed {
-                    return OpClass::Index;
+                    return (OpClass::Index, Outcome::Failed);
                 }
             }
             match self.put_manifest(&target, media::OCI_INDEX, &body).await {
-                Ok(()) => break,
+                Ok(()) => return (OpClass::Index, Outcome::Acked),
                 // A child went before its index arrived: put it again.
                 Err(e) if e.code() == Some(ErrorCode::ManifestBlobUnknown) && attempt < 2 => {
                     self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    refused(self.shared, &e);
+                    self.unexpected("index", &e, &[ErrorCode::ManifestBlobUnknown]);
                     break;
                 }
             }
         }
-        OpClass::Index
+        (OpClass::Index, Outcome::Failed)
     }
 
     /// A signature over an acknowledged manifest of the repository.
-    async fn referrer(&self, rng: &mut Rng) -> OpClass {
+    async fn referrer(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let checker = &self.shared.checker;
         let Some((_, subject)) = checker.acked_tag(self.repo, |n| rng.below(n as u64) as usize)
         else {
-            return OpClass::Referrer;
+            return (OpClass::Referrer, Outcome::Idle);
         };
         let signature = content(rng.next(), 64 + rng.below(400) as usize);
         self.count(1);
-        let Ok(m) = self
+        let m = match self
             .store
             .get_manifest(self.repo, &Reference::Digest(subject.digest.clone()))
             .await
-        else {
-            return OpClass::Referrer; // its tag moved and GC took it meanwhile
+        {
+            Ok(m) => m,
+            // Its tag moved and GC took it meanwhile.
+            Err(e) => {
+                self.unexpected("referrer's subject", &e, &[ErrorCode::ManifestUnknown]);
+                return (OpClass::Referrer, Outcome::Failed);
+            }
         };
         let (blobs, manifest) = signature_of((&m.media_type, &m.digest, m.body.len()), &signature);
-        self.push_image(
-            rng,
-            &blobs,
-            media::OCI_MANIFEST,
-            &manifest,
-            &Target::Digest,
-            false,
-        )
-        .await;
-        OpClass::Referrer
+        let pushed = self
+            .push_image(
+                rng,
+                &blobs,
+                media::OCI_MANIFEST,
+                &manifest,
+                &Target::Digest,
+                false,
+            )
+            .await;
+        (OpClass::Referrer, acked_if(pushed))
     }
 
     /// One of this client's recent images into its repository again:
     /// every blob pushed blind, the manifest put by digest. Each is a touch
     /// that restarts the item's age, however long ago GC marked it.
-    async fn repush(&self, rng: &mut Rng) -> OpClass {
+    async fn repush(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let recent: Vec<Recent> = self.shared.recent[self.id as usize]
             .lock()
             .unwrap()
@@ -760,101 +805,148 @@ impl Client<'_> {
             .cloned()
             .collect();
         if recent.is_empty() {
-            return OpClass::Repush;
+            return (OpClass::Repush, Outcome::Idle);
         }
         let r = &recent[rng.below(recent.len() as u64) as usize];
-        self.push_image(
-            rng,
-            &r.blobs,
-            r.media_type,
-            &r.manifest,
-            &Target::Digest,
-            true,
-        )
-        .await;
-        OpClass::Repush
+        let pushed = self
+            .push_image(
+                rng,
+                &r.blobs,
+                r.media_type,
+                &r.manifest,
+                &Target::Digest,
+                true,
+            )
+            .await;
+        (OpClass::Repush, acked_if(pushed))
     }
 
     /// A session started, one chunk sent, then the client walks away.
-    async fn abandon(&self, rng: &mut Rng) -> OpClass {
+    async fn abandon(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let (_, chunk) = content(rng.next(), 256 + rng.below(4096) as usize);
         self.count(2);
-        match self.store.start_upload(self.repo).await {
-            Ok(id) => {
-                if let Err(e) = self.store.upload_chunk(&id, None, chunk).await {
-                    refused(self.shared, &e);
-                }
-            }
-            Err(e) => refused(self.shared, &e),
+        let sent = match self.store.start_upload(self.repo).await {
+            Ok(id) => self.store.upload_chunk(&id, None, chunk).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &sent {
+            self.unexpected("abandoned upload", e, &[]);
         }
-        OpClass::Abandon
+        (OpClass::Abandon, acked_if(sent.is_ok()))
     }
 
-    async fn pull(&self, rng: &mut Rng, quiet: bool) -> OpClass {
+    /// An acknowledged tag, its manifest, then every blob. With no write to
+    /// that tag overlapping the pull (its version unchanged), the store
+    /// must serve the acknowledged value (or the one in flight) and every
+    /// blob of it (invariants 1, 2 and 6).
+    async fn pull(&self, rng: &mut Rng, quiet: bool) -> (OpClass, Outcome) {
         let (store, shared, repo) = (self.store, self.shared, self.repo);
+        let checker = &shared.checker;
         let class = if quiet && shared.workload.hot_repo_fraction > 0.0 {
             OpClass::PullQuiet
         } else {
             OpClass::Pull
         };
-        let Some((tag, _)) = shared
-            .checker
-            .acked_tag(repo, |n| rng.below(n as u64) as usize)
-        else {
+        let Some((tag, _)) = checker.acked_tag(repo, |n| rng.below(n as u64) as usize) else {
             self.count(1);
-            let _ = store.tags(repo, None, None).await;
-            return class;
+            return match store.tags(repo, None, None).await {
+                Ok(_) => (class, Outcome::Acked),
+                Err(e) => {
+                    self.unexpected("tags list", &e, &[ErrorCode::NameUnknown]);
+                    (class, acked_if(e.code() == Some(ErrorCode::NameUnknown)))
+                }
+            };
         };
+        let version = checker.tag_version(repo, &tag);
+        let untouched = || checker.tag_version(repo, &tag) == version;
         self.count(1);
-        let Ok(m) = store
+        let m = match store
             .get_manifest(repo, &Reference::Tag(Tag::parse(&tag).expect("valid")))
             .await
-        else {
-            return class; // moved or deleted meanwhile
+        {
+            Ok(m) => m,
+            Err(e) => {
+                if untouched() && e.code().is_some() {
+                    checker.violation(format!(
+                        "pull {repo}:{tag}: the acknowledged tag is unreadable, no write to it in flight: {e} (invariant 1)"
+                    ));
+                }
+                return (class, Outcome::Failed); // moved, deleted, or a storage failure
+            }
         };
         if Digest::of(m.digest.algorithm(), &m.body) != m.digest {
-            shared.checker.violation(format!(
+            checker.violation(format!(
                 "pull {repo}:{tag}: manifest bytes do not hash to {} (invariant 6)",
                 m.digest
             ));
         }
+        if !checker.may_show(repo, &tag, version, &m.digest) {
+            checker.violation(format!(
+                "pull {repo}:{tag}: served {}, neither the acknowledged value nor a write in flight (invariant 2)",
+                m.digest
+            ));
+        }
+        let mut outcome = Outcome::Acked;
         for d in blobs_of(&m.media_type, &m.body) {
             self.count(1);
-            if let Ok(bytes) = store.get_blob(repo, &d).await
-                && Digest::of(d.algorithm(), &bytes) != d
-            {
-                shared.checker.violation(format!(
+            match store.get_blob(repo, &d).await {
+                Ok(bytes) if Digest::of(d.algorithm(), &bytes) == d => {}
+                Ok(_) => checker.violation(format!(
                     "pull {repo}: blob {d} served wrong bytes (invariant 6)"
-                ));
+                )),
+                Err(e) => {
+                    if untouched() && e.code().is_some() {
+                        checker.violation(format!(
+                            "pull {repo}:{tag}: blob {d} of the acknowledged manifest {} unreadable: {e} (invariant 1)",
+                            m.digest
+                        ));
+                    }
+                    outcome = Outcome::Failed;
+                }
             }
         }
-        class
+        (class, outcome)
     }
 
-    async fn head(&self, rng: &mut Rng) -> OpClass {
+    async fn head(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let (d, _) = self
             .shared
             .pool_layer(rng.below(self.shared.workload.shared_layers.max(1)));
         self.count(1);
-        let _ = self.store.stat_blob(self.repo, &d).await;
-        OpClass::Head
+        let answered = match self.store.stat_blob(self.repo, &d).await {
+            Ok(_) => true,
+            Err(e) => {
+                self.unexpected(
+                    "head",
+                    &e,
+                    &[ErrorCode::BlobUnknown, ErrorCode::NameUnknown],
+                );
+                e.code().is_some()
+            }
+        };
+        (OpClass::Head, acked_if(answered))
     }
 
-    async fn retag(&self, rng: &mut Rng) -> OpClass {
+    async fn retag(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let (store, shared, repo) = (self.store, self.shared, self.repo);
         let Some((_, acked)) = shared
             .checker
             .acked_tag(repo, |n| rng.below(n as u64) as usize)
         else {
-            return OpClass::Retag;
+            return (OpClass::Retag, Outcome::Idle);
         };
         let tag = own_tag(self.id, rng.below(3));
         self.count(2);
-        let Ok(m) = store
+        let m = match store
             .get_manifest(repo, &Reference::Digest(acked.digest.clone()))
             .await
-        else {
-            return OpClass::Retag;
+        {
+            Ok(m) => m,
+            Err(e) => {
+                // Its tag moved since and GC took the untagged manifest.
+                self.unexpected("retag source", &e, &[ErrorCode::ManifestUnknown]);
+                return (OpClass::Retag, Outcome::Failed);
+            }
         };
         shared.checker.begin(repo, &tag, Some(acked));
         let sent = now();
@@ -872,17 +964,18 @@ impl Client<'_> {
                 shared
                     .checker
                     .touch_manifest(sent, repo, &m.media_type, &m.body);
+                (OpClass::Retag, Outcome::Acked)
             }
             Err(e) => {
                 // Its blobs may have been collected since (an untagged image).
                 shared.checker.abandon(repo, &tag);
-                refused(shared, &e);
+                self.unexpected("retag", &e, &[ErrorCode::ManifestBlobUnknown]);
+                (OpClass::Retag, Outcome::Failed)
             }
         }
-        OpClass::Retag
     }
 
-    async fn delete(&self, rng: &mut Rng) -> OpClass {
+    async fn delete(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let (store, shared, repo) = (self.store, self.shared, self.repo);
         let tag = own_tag(self.id, rng.below(3));
         shared.checker.begin(repo, &tag, None);
@@ -891,17 +984,47 @@ impl Client<'_> {
             .delete_manifest(repo, &Reference::Tag(Tag::parse(&tag).expect("valid")))
             .await
         {
-            Ok(()) => shared.checker.ack(repo, &tag),
+            Ok(()) => {
+                shared.checker.ack(repo, &tag);
+                (OpClass::Delete, Outcome::Acked)
+            }
+            // A definite answer: the tag is not there (nothing changed).
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::ManifestUnknown | ErrorCode::NameUnknown)
+                ) =>
+            {
+                shared.checker.abandon(repo, &tag);
+                (OpClass::Delete, Outcome::Acked)
+            }
             Err(e) => {
                 shared.checker.abandon(repo, &tag);
-                refused(shared, &e);
+                self.unexpected("delete", &e, &[]);
                 if e.is_no_space() && shared.keeps_reserve {
                     shared.checker.violation(format!(
                         "delete {repo}:{tag} refused on a full disk: {e} (invariant 11)"
                     ));
                 }
+                (OpClass::Delete, Outcome::Failed)
             }
         }
-        OpClass::Delete
     }
+
+    /// Counts a refusal; an OCI error the race at hand cannot cause
+    /// (anything but `expected`) is a violation: the store answered wrong.
+    fn unexpected(&self, what: &str, e: &engine::StoreError, expected: &[ErrorCode]) {
+        refused(self.shared, e);
+        if let Some(code) = e.code()
+            && !expected.contains(&code)
+        {
+            self.shared
+                .checker
+                .violation(format!("{what} in {}: unexpected {e}", self.repo));
+        }
+    }
+}
+
+fn acked_if(ok: bool) -> Outcome {
+    if ok { Outcome::Acked } else { Outcome::Failed }
 }

@@ -58,6 +58,10 @@ pub struct SimFaults {
     pub no_space_after_ops: Option<u64>,
     /// On a crash, keep a random prefix of the last unsynced write.
     pub torn_writes: bool,
+    /// fsync of files and directories answers success and persists
+    /// nothing: a disk that lies about durability, so a crash loses
+    /// acknowledged writes. Only for proving that a checker notices.
+    pub lying_fsync: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -551,6 +555,9 @@ impl PosixFs for Arc<SimDisk> {
 
     async fn fsync(&self, file: &mut SimFile) -> io::Result<()> {
         self.with(false, |st| {
+            if st.faults.lying_fsync {
+                return Ok(());
+            }
             let inode = st.handle(file)?;
             inode.durable = inode.live.clone();
             if st.last_write.is_some_and(|(id, _)| id == file.inode) {
@@ -667,7 +674,9 @@ impl PosixFs for Arc<SimDisk> {
             }
             // Persist exactly this directory's entries: the children created,
             // replaced or removed since its last fsync.
-            st.persist_dir(path);
+            if !st.faults.lying_fsync {
+                st.persist_dir(path);
+            }
             Ok(())
         })
     }

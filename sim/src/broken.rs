@@ -1,0 +1,155 @@
+//! Deliberately broken stores, to prove the checker notices: a scenario
+//! with `[faults] broken = "..."` runs the store over a driver that breaks
+//! one promise, and the run must fail (sim/tests/scenarios.rs asserts it
+//! for each). A check that passes against these is a check that cannot fail.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use engine::driver::{
+    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, Leftover, Listing,
+    ObjectMeta, PutMode,
+};
+use serde::{Deserialize, Serialize};
+
+/// Which promise the store breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Broken {
+    /// Every rewrite of a repository's index.json fails: no manifest put
+    /// (or tag change) is ever taken.
+    RefuseManifests,
+    /// Rewrites of index.json answer success and change nothing: tags are
+    /// acknowledged and never move.
+    StaleTags,
+    /// Blobs whose digest starts with `0` read as missing: acknowledged
+    /// bytes dropped.
+    DropBlobs,
+    /// Blobs whose digest starts with `0` read with their first byte flipped.
+    WrongBytes,
+    /// fsync persists nothing (the sim disk lies): power cuts lose
+    /// acknowledged writes.
+    NotDurable,
+}
+
+impl Broken {
+    /// Set on the sim disk rather than in the driver (durability lives there).
+    pub fn lies_about_fsync(self) -> bool {
+        self == Broken::NotDurable
+    }
+}
+
+/// A driver that breaks [`Broken`]'s promise and passes everything else on.
+#[derive(Debug)]
+pub struct BrokenDriver {
+    inner: Arc<dyn Driver>,
+    broken: Broken,
+}
+
+impl BrokenDriver {
+    pub fn new(inner: Arc<dyn Driver>, broken: Broken) -> BrokenDriver {
+        BrokenDriver { inner, broken }
+    }
+
+    fn is_index(path: &DriverPath) -> bool {
+        path.as_str().ends_with("/index.json")
+    }
+
+    /// A blob's file (in a repository or `_blobstore`) whose digest starts with `0`.
+    fn is_victim(path: &DriverPath) -> bool {
+        path.as_str().contains("/blobs/sha256/0")
+    }
+}
+
+#[async_trait]
+impl Driver for BrokenDriver {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
+        self.inner.stat(path).await
+    }
+
+    async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
+        if !BrokenDriver::is_victim(path) {
+            return self.inner.get(path, range).await;
+        }
+        match self.broken {
+            Broken::DropBlobs => Err(DriverError::NotFound { path: path.clone() }),
+            Broken::WrongBytes => {
+                let bytes = self.inner.get(path, range).await?;
+                let mut flipped = bytes.to_vec();
+                if let Some(b) = flipped.first_mut() {
+                    *b ^= 0xff;
+                }
+                Ok(Bytes::from(flipped))
+            }
+            _ => self.inner.get(path, range).await,
+        }
+    }
+
+    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
+        self.inner.writer(path, mode).await
+    }
+
+    async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
+        if BrokenDriver::is_index(path) && mode == PutMode::Overwrite {
+            match self.broken {
+                Broken::RefuseManifests => {
+                    return Err(DriverError::Io {
+                        driver: "broken",
+                        op: "put",
+                        path: path.to_string(),
+                        source: std::io::Error::other("injected: index.json is never rewritten"),
+                    });
+                }
+                Broken::StaleTags => return Ok(()),
+                _ => {}
+            }
+        }
+        self.inner.put(path, data, mode).await
+    }
+
+    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
+        self.inner.list(prefix).await
+    }
+
+    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
+        self.inner.list_dir(prefix).await
+    }
+
+    async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
+        self.inner.delete(path).await
+    }
+
+    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        self.inner.hard_link(src, dst).await
+    }
+
+    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        self.inner.rename(src, dst).await
+    }
+
+    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
+        self.inner.copy(src, dst, mode).await
+    }
+
+    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
+        self.inner.sync_dir(dir).await
+    }
+
+    async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
+        self.inner.leftovers(prefix).await
+    }
+
+    async fn remove_leftover(&self, leftover: &Leftover) -> DriverResult<()> {
+        self.inner.remove_leftover(leftover).await
+    }
+}
