@@ -35,16 +35,75 @@ pub struct Acked {
     pub blobs: Vec<Digest>,
 }
 
-#[derive(Debug, Default, Clone)]
+/// One write of a tag: its value (`None`: a delete, or the tag's absence
+/// before any write), when it was sent and, once acknowledged, when that
+/// was. One sequence orders every send and acknowledgement, so "W' was
+/// sent after W was acknowledged" is real-time order.
+#[derive(Debug, Clone)]
+struct TagWrite {
+    id: u64,
+    value: Option<Acked>,
+    sent: u64,
+    acked: Option<u64>,
+}
+
+/// A tag's writes that may still decide what it shows (invariant 2,
+/// linearizable last-writer-wins, any number of writers): a write is
+/// superseded once another write, sent after it was acknowledged, is
+/// acknowledged too; every other write, in flight or acknowledged, may be
+/// the last to have taken effect.
+#[derive(Debug, Clone)]
 struct TagState {
-    /// Last acknowledged value (`None`: absent, never written or deleted).
-    acked: Option<Acked>,
-    /// A write sent and not yet acknowledged: `Some(None)` is a delete.
-    inflight: Option<Option<Acked>>,
-    /// Bumped by every change of the two above: a reader that sees the
-    /// same version before and after its read knows no write overlapped it.
+    writes: Vec<TagWrite>,
+    /// Bumped by every change of `writes`: a reader that sees the same
+    /// version before and after its read knows no write overlapped it.
     version: u64,
 }
+
+impl Default for TagState {
+    /// Absent: what a tag shows before its first write.
+    fn default() -> TagState {
+        TagState {
+            writes: vec![TagWrite {
+                id: 0,
+                value: None,
+                sent: 0,
+                acked: Some(0),
+            }],
+            version: 0,
+        }
+    }
+}
+
+impl TagState {
+    fn superseded(&self, w: &TagWrite) -> bool {
+        w.acked.is_some_and(|done| {
+            self.writes
+                .iter()
+                .any(|o| o.acked.is_some() && o.sent > done)
+        })
+    }
+
+    /// The writes whose value the tag may show now.
+    fn allowed(&self) -> impl Iterator<Item = &TagWrite> {
+        self.writes.iter().filter(|w| !self.superseded(w))
+    }
+
+    fn may_show(&self, seen: Option<&Digest>) -> bool {
+        self.allowed()
+            .any(|w| w.value.as_ref().map(|a| &a.digest) == seen)
+    }
+
+    fn prune(&mut self) {
+        let keep: Vec<TagWrite> = self.allowed().cloned().collect();
+        self.writes = keep;
+        self.version += 1;
+    }
+}
+
+/// A tag write in flight, as [`Checker::begin`] handed it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteId(u64);
 
 /// Something a client touched, and when it sent the acknowledging call
 /// (the touch happened no earlier: a conservative clock for invariant 10).
@@ -60,6 +119,8 @@ struct Touch {
 #[derive(Debug, Default)]
 pub struct Checker {
     tags: Mutex<BTreeMap<(String, String), TagState>>,
+    /// The real-time order of tag writes' sends and acknowledgements.
+    seq: std::sync::atomic::AtomicU64,
     /// Touches in the order they were acknowledged (virtual time only
     /// moves forward, so the oldest are at the front).
     touches: Mutex<VecDeque<Touch>>,
@@ -92,27 +153,42 @@ impl Checker {
         self.violations.lock().unwrap().clone()
     }
 
-    pub fn begin(&self, repo: &RepoName, tag: &str, value: Option<Acked>) {
-        let mut tags = self.tags.lock().unwrap();
-        let state = tags.entry((repo.to_string(), tag.to_owned())).or_default();
-        state.inflight = Some(value);
-        state.version += 1;
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
-    pub fn ack(&self, repo: &RepoName, tag: &str) {
+    /// A client sends a write of `tag` (`None`: a delete).
+    pub fn begin(&self, repo: &RepoName, tag: &str, value: Option<Acked>) -> WriteId {
+        let sent = self.next_seq();
         let mut tags = self.tags.lock().unwrap();
         let state = tags.entry((repo.to_string(), tag.to_owned())).or_default();
-        if let Some(value) = state.inflight.take() {
-            state.acked = value;
-        }
+        state.writes.push(TagWrite {
+            id: sent,
+            value,
+            sent,
+            acked: None,
+        });
         state.version += 1;
+        WriteId(sent)
+    }
+
+    /// The write was acknowledged.
+    pub fn ack(&self, repo: &RepoName, tag: &str, id: WriteId) {
+        let at = self.next_seq();
+        let mut tags = self.tags.lock().unwrap();
+        if let Some(state) = tags.get_mut(&(repo.to_string(), tag.to_owned())) {
+            if let Some(w) = state.writes.iter_mut().find(|w| w.id == id.0) {
+                w.acked = Some(at);
+            }
+            state.prune();
+        }
     }
 
     /// The write failed with a definite answer: nothing changed.
-    pub fn abandon(&self, repo: &RepoName, tag: &str) {
+    pub fn abandon(&self, repo: &RepoName, tag: &str, id: WriteId) {
         let mut tags = self.tags.lock().unwrap();
         if let Some(state) = tags.get_mut(&(repo.to_string(), tag.to_owned())) {
-            state.inflight = None;
+            state.writes.retain(|w| w.id != id.0);
             state.version += 1;
         }
     }
@@ -126,32 +202,41 @@ impl Checker {
             .map_or(0, |s| s.version)
     }
 
-    /// Whether a reader that saw `seen` for the tag, with no write between
-    /// its start at `version` and now, saw a value it may: the
-    /// acknowledged one or the one in flight.
-    pub fn may_show(&self, repo: &RepoName, tag: &str, version: u64, seen: &Digest) -> bool {
+    /// Whether a reader that saw `seen` (`None`: no such tag) may have:
+    /// true if a write of the tag began or ended since the read began (at
+    /// `version`), else `seen` must be a value the tag may show.
+    pub fn may_show(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+        version: u64,
+        seen: Option<&Digest>,
+    ) -> bool {
         let tags = self.tags.lock().unwrap();
         let Some(s) = tags.get(&(repo.to_string(), tag.to_owned())) else {
-            return false;
+            return seen.is_none();
         };
-        s.version != version
-            || s.acked.as_ref().is_some_and(|a| &a.digest == seen)
-            || s.inflight
-                .as_ref()
-                .is_some_and(|v| v.as_ref().is_some_and(|a| &a.digest == seen))
+        s.version != version || s.may_show(seen)
     }
 
-    /// An acknowledged tag of `repo` (for pulls), chosen by `pick`.
+    /// A tag of `repo` with an acknowledged value (for pulls), chosen by
+    /// `pick`, with the latest acknowledged value it may show.
     pub fn acked_tag(
         &self,
         repo: &RepoName,
         pick: impl FnOnce(usize) -> usize,
     ) -> Option<(String, Acked)> {
         let tags = self.tags.lock().unwrap();
-        let live: Vec<_> = tags
+        let live: Vec<(String, Acked)> = tags
             .iter()
-            .filter(|((r, _), s)| r == repo.as_str() && s.acked.is_some())
-            .map(|((_, t), s)| (t.clone(), s.acked.clone().expect("filtered")))
+            .filter(|((r, _), _)| r == repo.as_str())
+            .filter_map(|((_, t), s)| {
+                s.allowed()
+                    .filter(|w| w.acked.is_some())
+                    .max_by_key(|w| w.acked)
+                    .and_then(|w| w.value.clone())
+                    .map(|v| (t.clone(), v))
+            })
             .collect();
         if live.is_empty() {
             return None;
@@ -200,32 +285,34 @@ impl Checker {
                     continue;
                 }
             };
-            let acked = state.acked.as_ref().map(|a| &a.digest);
-            let inflight = state
-                .inflight
-                .as_ref()
-                .map(|v| v.as_ref().map(|a| &a.digest));
-            let allowed = seen.as_ref() == acked || inflight.is_some_and(|v| v == seen.as_ref());
-            if !allowed {
+            let matching = state
+                .allowed()
+                .find(|w| w.value.as_ref().map(|a| &a.digest) == seen.as_ref())
+                .cloned();
+            let Some(matching) = matching else {
+                let allowed: Vec<Option<&Digest>> = state
+                    .allowed()
+                    .map(|w| w.value.as_ref().map(|a| &a.digest))
+                    .collect();
                 self.violation(format!(
-                    "{when}: {repo}:{tag} shows {seen:?}; acknowledged {acked:?}, in flight {inflight:?} (invariant 1/2)"
+                    "{when}: {repo}:{tag} shows {seen:?}; it may show only {allowed:?} (invariant 1/2)"
                 ));
                 continue;
-            }
-            // Settle: what the store shows is now the acknowledged value.
-            let value = match (&seen, &state.inflight) {
-                (None, _) => None,
-                (Some(d), Some(Some(v))) if &v.digest == d => Some(v.clone()),
-                _ => state.acked.clone(),
             };
-            if let Some(v) = &value {
+            // Settle: what the store shows is now the one acknowledged value.
+            if let Some(v) = &matching.value {
                 self.verify_manifest(store, &r, v, when, &mut read_back)
                     .await;
             }
+            let at = self.next_seq();
             let mut tags = self.tags.lock().unwrap();
             let s = tags.get_mut(&(repo.clone(), tag.clone())).expect("present");
-            s.acked = value;
-            s.inflight = None;
+            s.writes = vec![TagWrite {
+                id: at,
+                value: matching.value,
+                sent: at,
+                acked: Some(at),
+            }];
             s.version += 1;
         }
     }
@@ -513,6 +600,48 @@ mod tests {
         assert_eq!(checker.violations().len(), 2);
     }
 
+    /// Several writers on one tag (invariant 2): overlapping writes may
+    /// land in either order, but a write acknowledged before another was
+    /// sent can never show once that other is acknowledged.
+    #[test]
+    fn concurrent_writers_follow_last_writer_wins() {
+        let checker = Checker::default();
+        let repo = RepoName::parse("r").unwrap();
+        let value = |s: &str| Acked {
+            digest: Digest::sha256(s.as_bytes()),
+            blobs: vec![],
+        };
+        let (a, b, c) = (value("a"), value("b"), value("c"));
+        let shows = |d: Option<&Acked>| {
+            let v = checker.tag_version(&repo, "t");
+            checker.may_show(&repo, "t", v, d.map(|x| &x.digest))
+        };
+        assert!(shows(None), "absent before any write");
+        let wa = checker.begin(&repo, "t", Some(a.clone()));
+        let wb = checker.begin(&repo, "t", Some(b.clone()));
+        assert!(shows(None) && shows(Some(&a)) && shows(Some(&b)));
+        checker.ack(&repo, "t", wb);
+        checker.ack(&repo, "t", wa);
+        // Overlapping: either may have been last; the absence may not.
+        assert!(shows(Some(&a)) && shows(Some(&b)) && !shows(None));
+        // c is sent after both were acknowledged: once it is, only c.
+        let wc = checker.begin(&repo, "t", Some(c.clone()));
+        assert!(shows(Some(&a)) && shows(Some(&c)));
+        checker.ack(&repo, "t", wc);
+        assert!(shows(Some(&c)) && !shows(Some(&a)) && !shows(Some(&b)));
+        // A delete refused changes nothing.
+        let wd = checker.begin(&repo, "t", None);
+        assert!(shows(None));
+        checker.abandon(&repo, "t", wd);
+        assert!(shows(Some(&c)) && !shows(None));
+        // A read overlapping a write (its version moved) is not judged.
+        let v = checker.tag_version(&repo, "t");
+        let we = checker.begin(&repo, "t", None);
+        assert!(checker.may_show(&repo, "t", v, Some(&a.digest)));
+        checker.ack(&repo, "t", we);
+        assert!(shows(None) && !shows(Some(&c)));
+    }
+
     /// Invariant 12 speaks: live content alone passes; a staged upload no
     /// session owns and a `_blobstore` copy no repository holds are leaks.
     #[tokio::test]
@@ -609,7 +738,7 @@ mod tests {
                 digest: Digest::sha256(body.as_bytes()),
                 blobs: blobs_of(media::OCI_MANIFEST, body.as_bytes()),
             };
-            checker.begin(r, "v1", Some(acked));
+            let write = checker.begin(r, "v1", Some(acked));
             store
                 .put_manifest(
                     r,
@@ -619,7 +748,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            checker.ack(r, "v1");
+            checker.ack(r, "v1", write);
         }
         checker.verify_tags(&store, "clean").await;
         assert!(

@@ -146,6 +146,12 @@ pub struct Workload {
     /// pushes after a HEAD, manifests under tags).
     #[serde(default)]
     pub protocol: Protocol,
+    /// Every client of a repository pushes, retags and deletes the same few
+    /// tags (`t0`..`t2`): concurrent writers on one tag, checked for
+    /// linearizable last-writer-wins (invariant 2). Otherwise each tag has
+    /// one writer.
+    #[serde(default)]
+    pub shared_tags: bool,
     /// Acknowledged `push` operations every run must reach: a store that
     /// refuses what it should take fails the run, however clean the rest.
     #[serde(default)]

@@ -382,13 +382,13 @@ pub async fn preload(store: &Store, shared: &Shared, rng: &Rng) {
                 digest: Digest::sha256(&manifest),
                 blobs: blobs_of(media::OCI_MANIFEST, &manifest),
             };
-            shared.checker.begin(&repo, &tag, Some(acked));
+            let write = shared.checker.begin(&repo, &tag, Some(acked));
             let reference = Reference::Tag(Tag::parse(&tag).expect("valid"));
             store
                 .put_manifest(&repo, &reference, media::OCI_MANIFEST, manifest)
                 .await
                 .expect("preload manifest");
-            shared.checker.ack(&repo, &tag);
+            shared.checker.ack(&repo, &tag, write);
         }
     }
 }
@@ -462,8 +462,14 @@ pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
     shared.finished.fetch_add(1, Ordering::Relaxed);
 }
 
-fn own_tag(id: u64, k: u64) -> String {
-    format!("c{id}-{k}")
+/// The tag a client writes: its own (`c<id>-<k>`, one writer per tag), or
+/// with `shared_tags` one every client of the repository writes (`t<k>`).
+fn tag_of(workload: &Workload, id: u64, k: u64) -> String {
+    if workload.shared_tags {
+        format!("t{k}")
+    } else {
+        format!("c{id}-{k}")
+    }
 }
 
 fn refused(shared: &Shared, e: &engine::StoreError) {
@@ -604,16 +610,16 @@ impl Client<'_> {
         manifest: &Bytes,
     ) -> Result<(), engine::StoreError> {
         let checker = &self.shared.checker;
-        let reference = match target {
+        let (reference, write) = match target {
             Target::Tag(tag) => {
                 let acked = Acked {
                     digest: Digest::sha256(manifest),
                     blobs: blobs_of(media_type, manifest),
                 };
-                checker.begin(self.repo, tag, Some(acked));
-                Reference::Tag(Tag::parse(tag).expect("valid"))
+                let write = checker.begin(self.repo, tag, Some(acked));
+                (Reference::Tag(Tag::parse(tag).expect("valid")), Some(write))
             }
-            Target::Digest => Reference::Digest(Digest::sha256(manifest)),
+            Target::Digest => (Reference::Digest(Digest::sha256(manifest)), None),
         };
         self.count(1);
         let sent = now();
@@ -621,10 +627,10 @@ impl Client<'_> {
             .store
             .put_manifest(self.repo, &reference, media_type, manifest.clone())
             .await;
-        if let Target::Tag(tag) = target {
+        if let (Target::Tag(tag), Some(write)) = (target, write) {
             match &result {
-                Ok(_) => checker.ack(self.repo, tag),
-                Err(_) => checker.abandon(self.repo, tag),
+                Ok(_) => checker.ack(self.repo, tag, write),
+                Err(_) => checker.abandon(self.repo, tag, write),
             }
         }
         result?;
@@ -697,7 +703,7 @@ impl Client<'_> {
 
     async fn push(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let (blobs, manifest) = self.shared.image(rng);
-        let tag = own_tag(self.id, rng.below(3));
+        let tag = tag_of(&self.shared.workload, self.id, rng.below(3));
         let by_digest = self.shared.workload.protocol.by_digest;
         let target = if by_digest > 0.0 && rng.unit() < by_digest {
             Target::Digest
@@ -719,7 +725,7 @@ impl Client<'_> {
         let target = if by_digest {
             Target::Digest
         } else {
-            Target::Tag(own_tag(self.id, rng.below(3)))
+            Target::Tag(tag_of(&self.shared.workload, self.id, rng.below(3)))
         };
         let body = index_over(
             &children
@@ -866,7 +872,11 @@ impl Client<'_> {
         {
             Ok(m) => m,
             Err(e) => {
-                if untouched() && e.code().is_some() {
+                let absent = matches!(
+                    e.code(),
+                    Some(ErrorCode::ManifestUnknown | ErrorCode::NameUnknown)
+                );
+                if e.code().is_some() && !(absent && checker.may_show(repo, &tag, version, None)) {
                     checker.violation(format!(
                         "pull {repo}:{tag}: the acknowledged tag is unreadable, no write to it in flight: {e} (invariant 1)"
                     ));
@@ -880,7 +890,7 @@ impl Client<'_> {
                 m.digest
             ));
         }
-        if !checker.may_show(repo, &tag, version, &m.digest) {
+        if !checker.may_show(repo, &tag, version, Some(&m.digest)) {
             checker.violation(format!(
                 "pull {repo}:{tag}: served {}, neither the acknowledged value nor a write in flight (invariant 2)",
                 m.digest
@@ -935,7 +945,7 @@ impl Client<'_> {
         else {
             return (OpClass::Retag, Outcome::Idle);
         };
-        let tag = own_tag(self.id, rng.below(3));
+        let tag = tag_of(&self.shared.workload, self.id, rng.below(3));
         self.count(2);
         let m = match store
             .get_manifest(repo, &Reference::Digest(acked.digest.clone()))
@@ -948,7 +958,7 @@ impl Client<'_> {
                 return (OpClass::Retag, Outcome::Failed);
             }
         };
-        shared.checker.begin(repo, &tag, Some(acked));
+        let write = shared.checker.begin(repo, &tag, Some(acked));
         let sent = now();
         match store
             .put_manifest(
@@ -960,7 +970,7 @@ impl Client<'_> {
             .await
         {
             Ok(_) => {
-                shared.checker.ack(repo, &tag);
+                shared.checker.ack(repo, &tag, write);
                 shared
                     .checker
                     .touch_manifest(sent, repo, &m.media_type, &m.body);
@@ -968,7 +978,7 @@ impl Client<'_> {
             }
             Err(e) => {
                 // Its blobs may have been collected since (an untagged image).
-                shared.checker.abandon(repo, &tag);
+                shared.checker.abandon(repo, &tag, write);
                 self.unexpected("retag", &e, &[ErrorCode::ManifestBlobUnknown]);
                 (OpClass::Retag, Outcome::Failed)
             }
@@ -977,15 +987,15 @@ impl Client<'_> {
 
     async fn delete(&self, rng: &mut Rng) -> (OpClass, Outcome) {
         let (store, shared, repo) = (self.store, self.shared, self.repo);
-        let tag = own_tag(self.id, rng.below(3));
-        shared.checker.begin(repo, &tag, None);
+        let tag = tag_of(&self.shared.workload, self.id, rng.below(3));
+        let write = shared.checker.begin(repo, &tag, None);
         self.count(1);
         match store
             .delete_manifest(repo, &Reference::Tag(Tag::parse(&tag).expect("valid")))
             .await
         {
             Ok(()) => {
-                shared.checker.ack(repo, &tag);
+                shared.checker.ack(repo, &tag, write);
                 (OpClass::Delete, Outcome::Acked)
             }
             // A definite answer: the tag is not there (nothing changed).
@@ -995,11 +1005,11 @@ impl Client<'_> {
                     Some(ErrorCode::ManifestUnknown | ErrorCode::NameUnknown)
                 ) =>
             {
-                shared.checker.abandon(repo, &tag);
+                shared.checker.abandon(repo, &tag, write);
                 (OpClass::Delete, Outcome::Acked)
             }
             Err(e) => {
-                shared.checker.abandon(repo, &tag);
+                shared.checker.abandon(repo, &tag, write);
                 self.unexpected("delete", &e, &[]);
                 if e.is_no_space() && shared.keeps_reserve {
                     shared.checker.violation(format!(

@@ -69,6 +69,7 @@ fn crashes_gc_and_fan_in_sweep() {
         "scenarios/gc-during-pushes.toml",
         "scenarios/shared-digest-fan-in.toml",
         "scenarios/legacy-crashes.toml",
+        "scenarios/tag-races.toml",
     ] {
         sweep(s, "2");
     }
@@ -167,8 +168,9 @@ fn the_proposal_claims_hold() {
 }
 
 /// Scenarios swept by the tests above (with more seeds, or with claims).
-const SWEPT_ABOVE: [&str; 13] = [
+const SWEPT_ABOVE: [&str; 14] = [
     "quickstart",
+    "tag-races",
     "repeated-crashes",
     "gc-during-pushes",
     "shared-digest-fan-in",
