@@ -529,19 +529,27 @@ mod tests {
 
     use super::*;
 
+    /// A blobstore/striped store on `disk`, metadata in memory.
+    async fn store_on(disk: Arc<SimDisk>) -> Store {
+        let config = StoreConfig {
+            layout: LayoutKind::Blobstore,
+            policy: LockPolicy::Striped,
+        };
+        Store::open(
+            Arc::new(SimDriver::on(disk)),
+            Arc::new(MemoryMeta::new()),
+            config,
+        )
+        .await
+        .unwrap()
+    }
+
     /// Invariant 10 speaks too: a blob and a manifest a client touched
     /// inside the delay, removed behind the checker's back, are reported;
     /// the same touches outside the delay are not checked at all.
     #[tokio::test]
     async fn young_touches_removed_are_reported() {
-        let driver = Arc::new(SimDriver::on(SimDisk::new()));
-        let config = StoreConfig {
-            layout: LayoutKind::Blobstore,
-            policy: LockPolicy::Striped,
-        };
-        let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
-            .await
-            .unwrap();
+        let store = store_on(SimDisk::new()).await;
         let repo = RepoName::parse("r").unwrap();
         let (orphan, config_blob) = (Bytes::from_static(b"orphan"), Bytes::from_static(b"{}"));
         let (od, cd) = (Digest::sha256(&orphan), Digest::sha256(&config_blob));
@@ -647,14 +655,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_that_are_no_live_content_are_reported() {
         let disk = SimDisk::new();
-        let driver = Arc::new(SimDriver::on(disk.clone()));
-        let config = StoreConfig {
-            layout: LayoutKind::Blobstore,
-            policy: LockPolicy::Striped,
-        };
-        let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
-            .await
-            .unwrap();
+        let store = store_on(disk.clone()).await;
         let repo = RepoName::parse("r").unwrap();
         let layer = Bytes::from_static(b"layer");
         store
@@ -710,14 +711,7 @@ mod tests {
     /// are both reported.
     #[tokio::test]
     async fn lost_acknowledged_writes_are_reported() {
-        let driver = Arc::new(SimDriver::on(SimDisk::new()));
-        let config = StoreConfig {
-            layout: LayoutKind::Blobstore,
-            policy: LockPolicy::Striped,
-        };
-        let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
-            .await
-            .unwrap();
+        let store = store_on(SimDisk::new()).await;
         // One image in two repositories: `r` is read back first each pass.
         let (repo, other) = (RepoName::parse("r").unwrap(), RepoName::parse("s").unwrap());
         let layer = Bytes::from_static(b"layer bytes");
