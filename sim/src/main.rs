@@ -58,7 +58,7 @@ mod app {
 
     use crate::plan::Job;
     use crate::report::{self, RunResult};
-    use crate::scenario::Scenario;
+    use crate::scenario::{RunRef, Scenario};
     use crate::sweep::{self, Sweep};
 
     #[derive(Debug, Parser)]
@@ -252,15 +252,15 @@ mod app {
             }
             // Expectations: claims about this seed's figures.
             for e in &scenario.expect {
-                let pick = |rs: &[RunResult], who: &str| -> Option<f64> {
+                let pick = |rs: &[RunResult], who: &RunRef| -> Option<f64> {
                     rs.iter()
-                        .find(|r| r.policy == who || r.label() == who)
-                        .and_then(|r| r.metric(&e.metric))
+                        .find(|r| who.is(&r.layout, &r.policy))
+                        .and_then(|r| r.metric(e.metric))
                 };
                 let lhs = pick(&results, &e.of);
-                let rhs = if let Some((file, policy)) = e.than.split_once(':') {
+                let rhs = if let RunRef::Baseline { file, policy } = &e.than {
                     let path = args.scenario.parent().unwrap_or(Path::new(".")).join(file);
-                    let key = (path.display().to_string(), policy.to_owned(), seed);
+                    let key = (path.display().to_string(), policy.to_string(), seed);
                     if !baselines.contains_key(&key) {
                         let base = match load(&path) {
                             Ok(b) => b,
@@ -269,7 +269,7 @@ mod app {
                                 return ExitCode::from(2);
                             }
                         };
-                        let p: LockPolicy = policy.parse().unwrap_or(LockPolicy::Striped);
+                        let p = *policy;
                         let layout = base
                             .configs(Some(p))
                             .first()
@@ -292,7 +292,7 @@ mod app {
                             }
                         }
                     }
-                    baselines.get(&key).and_then(|r| r.metric(&e.metric))
+                    baselines.get(&key).and_then(|r| r.metric(e.metric))
                 } else {
                     pick(&results, &e.than)
                 };
@@ -304,11 +304,7 @@ mod app {
                     code = code.max(4);
                     continue;
                 };
-                let ok = if e.is == ">=" {
-                    l >= e.factor * r
-                } else {
-                    l <= e.factor * r
-                };
+                let ok = e.is.holds(l, e.factor * r);
                 say!(
                     "expect {} of {} {} {} x {} of {}: {:.3} vs {:.3} (ratio {:.2}) {}",
                     e.metric,

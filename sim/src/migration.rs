@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::checker::Checker;
 use crate::faults::FaultPlan;
 use crate::rng::Rng;
-use crate::scenario::Migration;
+use crate::scenario::{Migration, MigrationMode};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MigrationSummary {
@@ -160,10 +160,10 @@ pub async fn run(
     };
     let meta_dyn: Arc<dyn MetaStore> = meta.clone();
     let mut summary = MigrationSummary {
-        mode: m.mode.clone(),
+        mode: m.mode.to_string(),
         ..MigrationSummary::default()
     };
-    if m.mode == "side_by_side" {
+    if m.mode == MigrationMode::SideBySide {
         let old_disk = SimDisk::new();
         let old_driver: Arc<dyn Driver> = Arc::new(engine::driver::SimDriver::on(old_disk.clone()));
         let old = Store::open(old_driver, Arc::new(MemoryMeta::new()), legacy)

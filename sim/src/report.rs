@@ -16,6 +16,7 @@ use serde::Serialize;
 use report::charts;
 
 use crate::migration::MigrationSummary;
+use crate::scenario::Metric;
 use crate::scenario::Scenario;
 use crate::workload::{OpClass, Shared};
 
@@ -166,15 +167,15 @@ impl RunResult {
         format!("{}/{}", self.layout, self.policy)
     }
 
-    /// `throughput`, `p99:<class>`, `quiet_p99`.
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        match name {
-            "throughput" => Some(self.throughput),
-            "quiet_p99" => self.latency.get("pull_quiet").map(|l| l.p99_ms),
-            _ => {
-                let class = name.strip_prefix("p99:")?;
-                self.latency.get(class).map(|l| l.p99_ms)
-            }
+    /// One figure of this run.
+    pub fn metric(&self, metric: Metric) -> Option<f64> {
+        match metric {
+            Metric::Throughput => Some(self.throughput),
+            Metric::QuietP99 => self
+                .latency
+                .get(OpClass::PullQuiet.name())
+                .map(|l| l.p99_ms),
+            Metric::P99(class) => self.latency.get(class.name()).map(|l| l.p99_ms),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::faults::{FaultPlan, latency_model};
 use crate::migration;
 use crate::report::{Accumulated, RunResult};
 use crate::rng::Rng;
-use crate::scenario::Scenario;
+use crate::scenario::{DriverKind, Scenario};
 use crate::workload::{Shared, client};
 
 /// Runs one configuration of `scenario` under `seed`.
@@ -43,12 +43,12 @@ pub fn run(scenario: &Scenario, layout: LayoutKind, policy: LockPolicy, seed: u6
 
 fn driver(disk: &Arc<SimDisk>, scenario: &Scenario, spike: Arc<AtomicU64>) -> Arc<dyn Driver> {
     let model = latency_model(&scenario.store.latency, spike);
-    let driver: Arc<dyn Driver> = match scenario.store.driver.as_str() {
-        "objects" => Arc::new(LatencyDriver::new(
+    let driver: Arc<dyn Driver> = match scenario.store.driver {
+        DriverKind::Objects => Arc::new(LatencyDriver::new(
             ObjectDriver::on_sim(disk.clone()),
             model,
         )),
-        _ => Arc::new(LatencyDriver::new(SimDriver::on(disk.clone()), model)),
+        DriverKind::Links => Arc::new(LatencyDriver::new(SimDriver::on(disk.clone()), model)),
     };
     match scenario.faults.broken {
         Some(broken) => Arc::new(BrokenDriver::new(driver, broken)),

@@ -6,9 +6,12 @@
 //! it is about.
 
 use std::fmt;
+use std::str::FromStr;
 
 use engine::{LayoutKind, LockPolicy};
 use serde::{Deserialize, Serialize};
+
+use crate::workload::OpClass;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,16 +41,51 @@ fn one() -> u64 {
     1
 }
 
+/// What the store's driver is like, both on the sim disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// Hard links, rename and the fsync protocol: the fs driver's semantics.
+    #[default]
+    Links,
+    /// No links, no rename, copy + delete, put-if-absent: an object store's.
+    Objects,
+}
+
+/// Names the engine parses itself (layouts, policies), read from the
+/// scenario as their names: a bad one is toml's error, with its line.
+mod by_name {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        T: FromStr<Err = String>,
+        D: Deserializer<'de>,
+    {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|name| name.parse().map_err(D::Error::custom))
+            .collect()
+    }
+
+    pub fn serialize<T: Display, S: Serializer>(names: &[T], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(names.iter().map(ToString::to_string))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    #[serde(default = "default_layouts")]
-    pub layouts: Vec<String>,
-    #[serde(default = "default_policies")]
-    pub policies: Vec<String>,
-    /// `links` (hard links: the fs semantics) or `objects` (object-store semantics).
-    #[serde(default = "default_driver")]
-    pub driver: String,
+    #[serde(default = "default_layouts", with = "by_name")]
+    pub layouts: Vec<LayoutKind>,
+    #[serde(default = "default_policies", with = "by_name")]
+    pub policies: Vec<LockPolicy>,
+    #[serde(default)]
+    pub driver: DriverKind,
     #[serde(default)]
     pub latency: Latency,
     /// Bytes the store keeps aside for removals on a full disk
@@ -58,16 +96,12 @@ pub struct StoreSection {
     pub reserve_bytes: u64,
 }
 
-fn default_layouts() -> Vec<String> {
-    vec!["blobstore".into()]
+fn default_layouts() -> Vec<LayoutKind> {
+    vec![LayoutKind::Blobstore]
 }
 
-fn default_policies() -> Vec<String> {
-    vec!["global".into(), "split".into(), "striped".into()]
-}
-
-fn default_driver() -> String {
-    "links".into()
+fn default_policies() -> Vec<LockPolicy> {
+    LockPolicy::ALL.to_vec()
 }
 
 impl Default for StoreSection {
@@ -75,7 +109,7 @@ impl Default for StoreSection {
         StoreSection {
             layouts: default_layouts(),
             policies: default_policies(),
-            driver: default_driver(),
+            driver: DriverKind::default(),
             latency: Latency::default(),
             reserve_bytes: 0,
         }
@@ -395,9 +429,8 @@ pub struct Migration {
     pub preload_repos: u64,
     #[serde(default = "four")]
     pub preload_images: u64,
-    /// `in_place` or `side_by_side`.
-    #[serde(default = "in_place")]
-    pub mode: String,
+    #[serde(default)]
+    pub mode: MigrationMode,
     /// Power cuts during the migration, after this many machine operations
     /// (drawn from the seed if empty and `random_crashes` > 0).
     #[serde(default)]
@@ -413,24 +446,176 @@ fn four() -> u64 {
     4
 }
 
-fn in_place() -> String {
-    "in_place".into()
+/// How a scenario migrates its legacy dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationMode {
+    /// Converted where it stands, before serving (with the planned stops).
+    #[default]
+    InPlace,
+    /// A new store filled from the old one, then compared.
+    SideBySide,
+}
+
+impl std::fmt::Display for MigrationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MigrationMode::InPlace => "in_place",
+            MigrationMode::SideBySide => "side_by_side",
+        })
+    }
 }
 
 /// A claim about the run's own figures, checked and reported.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expectation {
-    /// `throughput`, `p99:<class>` (latency) or `quiet_p99` (pulls of repos other than the hot one).
-    pub metric: String,
+    #[serde(with = "as_text")]
+    pub metric: Metric,
     /// `<policy>` or `<layout>/<policy>`.
-    pub of: String,
-    /// `>=` or `<=`.
-    pub is: String,
+    #[serde(with = "as_text")]
+    pub of: RunRef,
+    pub is: Comparison,
     /// times the same metric of `than`.
     pub factor: f64,
     /// `<policy>`, `<layout>/<policy>`, or `<scenario-file>:<policy>` for a baseline run.
-    pub than: String,
+    #[serde(with = "as_text")]
+    pub than: RunRef,
+}
+
+/// A figure of a run an expectation compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Acknowledged operations per virtual second.
+    Throughput,
+    /// p99 latency of one operation class.
+    P99(OpClass),
+    /// p99 of pulls of repositories other than the hot one.
+    QuietP99,
+}
+
+impl FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Metric, String> {
+        match s {
+            "throughput" => Ok(Metric::Throughput),
+            "quiet_p99" => Ok(Metric::QuietP99),
+            _ => s
+                .strip_prefix("p99:")
+                .and_then(|c| OpClass::ALL.into_iter().find(|k| k.name() == c))
+                .map(Metric::P99)
+                .ok_or_else(|| {
+                    format!("unknown metric {s:?} (throughput, quiet_p99, p99:<class>)")
+                }),
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Metric::Throughput => f.write_str("throughput"),
+            Metric::QuietP99 => f.write_str("quiet_p99"),
+            Metric::P99(c) => write!(f, "p99:{}", c.name()),
+        }
+    }
+}
+
+/// Which run of the same seed a figure comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunRef {
+    /// This scenario's run of a policy (its first layout listing it).
+    Policy(LockPolicy),
+    /// This scenario's run of one layout and policy.
+    Config(LayoutKind, LockPolicy),
+    /// A run of another scenario file (a baseline), same seed.
+    Baseline { file: String, policy: LockPolicy },
+}
+
+impl RunRef {
+    /// Whether the run labelled `layout`/`policy` of this scenario is the one.
+    pub fn is(&self, layout: &str, policy: &str) -> bool {
+        match self {
+            RunRef::Policy(p) => p.as_str() == policy,
+            RunRef::Config(l, p) => l.as_str() == layout && p.as_str() == policy,
+            RunRef::Baseline { .. } => false,
+        }
+    }
+}
+
+impl FromStr for RunRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RunRef, String> {
+        if let Some((file, policy)) = s.split_once(':') {
+            return Ok(RunRef::Baseline {
+                file: file.to_owned(),
+                policy: policy.parse()?,
+            });
+        }
+        match s.split_once('/') {
+            Some((layout, policy)) => Ok(RunRef::Config(layout.parse()?, policy.parse()?)),
+            None => Ok(RunRef::Policy(s.parse()?)),
+        }
+    }
+}
+
+impl fmt::Display for RunRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunRef::Policy(p) => write!(f, "{p}"),
+            RunRef::Config(l, p) => write!(f, "{l}/{p}"),
+            RunRef::Baseline { file, policy } => write!(f, "{file}:{policy}"),
+        }
+    }
+}
+
+/// `>=` or `<=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Comparison {
+    #[serde(rename = ">=")]
+    AtLeast,
+    #[serde(rename = "<=")]
+    AtMost,
+}
+
+impl Comparison {
+    pub fn holds(self, lhs: f64, rhs: f64) -> bool {
+        match self {
+            Comparison::AtLeast => lhs >= rhs,
+            Comparison::AtMost => lhs <= rhs,
+        }
+    }
+}
+
+impl fmt::Display for Comparison {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Comparison::AtLeast => ">=",
+            Comparison::AtMost => "<=",
+        })
+    }
+}
+
+/// A value written in the scenario as its text (`FromStr`/`Display`): a
+/// bad one is toml's error, with its line.
+mod as_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err = String>,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
 }
 
 /// A scenario error, with where it is.
@@ -465,27 +650,8 @@ impl Scenario {
                 line_of(src, key)
             )))
         };
-        for l in &self.store.layouts {
-            if l.parse::<LayoutKind>().is_err() {
-                return bad(
-                    "store.layouts",
-                    &format!("unknown layout {l:?} (legacy, blobstore)"),
-                );
-            }
-        }
-        for p in &self.store.policies {
-            if p.parse::<LockPolicy>().is_err() {
-                return bad(
-                    "store.policies",
-                    &format!("unknown policy {p:?} (global, split, striped)"),
-                );
-            }
-        }
         if self.store.layouts.is_empty() || self.store.policies.is_empty() {
             return bad("store.layouts", "at least one layout and one policy");
-        }
-        if !matches!(self.store.driver.as_str(), "links" | "objects") {
-            return bad("store.driver", "must be \"links\" or \"objects\"");
         }
         let w = &self.workload;
         if w.clients == 0 || w.clients > 10_000 {
@@ -561,22 +727,14 @@ impl Scenario {
             return bad("workload.protocol.chunk_gap_ms", "must be <= 60000");
         }
         if let Some(m) = &self.migration {
-            if !matches!(m.mode.as_str(), "in_place" | "side_by_side") {
-                return bad("migration.mode", "must be \"in_place\" or \"side_by_side\"");
-            }
             if m.preload_repos == 0 {
                 return bad("migration.preload_repos", "must be >= 1");
             }
-            if self.store.layouts != ["blobstore"] {
+            if self.store.layouts != [LayoutKind::Blobstore] {
                 return bad(
                     "store.layouts",
                     "a migration scenario migrates to [\"blobstore\"]",
                 );
-            }
-        }
-        for e in &self.expect {
-            if !matches!(e.is.as_str(), ">=" | "<=") {
-                return bad("expect.is", "must be \">=\" or \"<=\"");
             }
         }
         Ok(())
@@ -585,9 +743,8 @@ impl Scenario {
     /// Every (layout, policy) pair to run, optionally only one policy.
     pub fn configs(&self, only: Option<LockPolicy>) -> Vec<(LayoutKind, LockPolicy)> {
         let mut out = Vec::new();
-        for l in &self.store.layouts {
-            for p in &self.store.policies {
-                let (l, p) = (l.parse().expect("validated"), p.parse().expect("validated"));
+        for &l in &self.store.layouts {
+            for &p in &self.store.policies {
                 if only.is_none_or(|o| o == p) {
                     out.push((l, p));
                 }
@@ -614,9 +771,35 @@ mod tests {
         assert!(e.0.contains("line 3") && e.0.contains("clinets"), "{e}");
         let e = Scenario::parse("name = \"x\"\n\n[workload]\nclients = 0\n", "x.toml").unwrap_err();
         assert!(e.0.contains("workload.clients (line 4)"), "{e}");
-        let e = Scenario::parse("name = \"x\"\n[store]\npolicies = [\"fast\"]\n", "x.toml")
-            .unwrap_err();
-        assert!(e.0.contains("unknown policy"), "{e}");
+        // Typed settings: a bad name is an error with its line, never a default.
+        for (src, line, says) in [
+            (
+                "[store]\npolicies = [\"fast\"]\n",
+                "line 3",
+                "unknown lock policy \"fast\"",
+            ),
+            ("[store]\nlayouts = [\"flat\"]\n", "line 3", "flat"),
+            ("[store]\ndriver = \"nfs\"\n", "line 3", "nfs"),
+            ("[migration]\nmode = \"twice\"\n", "line 3", "twice"),
+            (
+                "[[expect]]\nmetric = \"p99:fly\"\nof = \"striped\"\nis = \">=\"\nfactor = 1.0\nthan = \"global\"\n",
+                "line 3",
+                "unknown metric",
+            ),
+            (
+                "[[expect]]\nmetric = \"throughput\"\nof = \"striped\"\nis = \">=\"\nfactor = 1.0\nthan = \"base.toml:fast\"\n",
+                "line 7",
+                "unknown lock policy",
+            ),
+            (
+                "[[expect]]\nmetric = \"throughput\"\nof = \"striped\"\nis = \"=>\"\nfactor = 1.0\nthan = \"global\"\n",
+                "line 5",
+                "=>",
+            ),
+        ] {
+            let e = Scenario::parse(&format!("name = \"x\"\n{src}"), "x.toml").unwrap_err();
+            assert!(e.0.contains(line) && e.0.contains(says), "{src}: {e}");
+        }
         let e = Scenario::parse("name = 3\n", "x.toml").unwrap_err();
         assert!(e.0.contains("line 1"), "{e}");
     }
