@@ -84,6 +84,67 @@ pub async fn harness_wrapped(
     }
 }
 
+/// A store that can be opened again over the same driver and metadata
+/// store: a restart, or with [`Reopenable::reopen`]`(true)` on the sim
+/// disk, a power cut and a restart.
+pub struct Reopenable {
+    pub store: Store,
+    pub driver: Arc<dyn Driver>,
+    pub meta: Arc<MemoryMeta>,
+    pub disk: Option<Arc<SimDisk>>,
+    pub label: String,
+    _dir: tempfile::TempDir,
+}
+
+/// [`harness_wrapped`], keeping what [`Reopenable::reopen`] needs.
+pub async fn reopenable(
+    layout: LayoutKind,
+    policy: LockPolicy,
+    backend: Backend,
+    wrap: impl FnOnce(Arc<dyn Driver>) -> Arc<dyn Driver>,
+) -> Reopenable {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mut disk = None;
+    let driver: Arc<dyn Driver> = match backend {
+        Backend::Fs => Arc::new(FsDriver::open(&root).unwrap()),
+        Backend::Sim => {
+            let d = SimDisk::new();
+            disk = Some(d.clone());
+            Arc::new(SimDriver::on(d))
+        }
+        Backend::ObjectMemory => Arc::new(ObjectDriver::in_memory()),
+        Backend::ObjectDir => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
+    };
+    let driver = wrap(driver);
+    let meta = Arc::new(MemoryMeta::new());
+    let store = Store::open(driver.clone(), meta.clone(), StoreConfig { layout, policy })
+        .await
+        .unwrap();
+    Reopenable {
+        store,
+        driver,
+        meta,
+        disk,
+        label: format!("{layout}/{policy}/{backend:?}"),
+        _dir: dir,
+    }
+}
+
+impl Reopenable {
+    /// Drops the store and opens it again over the same driver and
+    /// metadata; with `crash`, the sim disk loses power first (everything
+    /// not yet durable goes). Other backends have no crash: a plain restart.
+    pub async fn reopen(&mut self, crash: bool) -> engine::StoreResult<()> {
+        let config = self.store.config();
+        if crash && let Some(disk) = &self.disk {
+            disk.crash();
+        }
+        self.store = Store::open(self.driver.clone(), self.meta.clone(), config).await?;
+        Ok(())
+    }
+}
+
 /// Every layout x policy x backend.
 pub fn all_configs() -> Vec<(LayoutKind, LockPolicy, Backend)> {
     let mut out = Vec::new();
