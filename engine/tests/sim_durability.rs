@@ -3,15 +3,20 @@
 //! First the model's own rules, one test each (unsynced data, entries of an
 //! unsynced directory, capacity). Then sweeps: crash after the k-th disk call
 //! of a workload, for every k, and check that every object is either its old
-//! bytes or its complete new bytes, and that every acknowledged write survived.
+//! bytes or its complete new bytes, that every acknowledged write survived,
+//! and that some crash did tear a write; "no space" at every call, and
+//! check that the refused write changed nothing. Broken drivers show the
+//! no-space sweep can fail.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use engine::driver::posix::PosixFs;
 use engine::driver::{
-    Driver, DriverError, DriverPath, PutMode, SimDisk, SimDriver, SimFaults, conformance::pattern,
+    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, Listing, ObjectMeta,
+    PutMode, SimDisk, SimDriver, SimFaults, conformance::pattern,
 };
 
 fn p(s: &str) -> DriverPath {
@@ -236,6 +241,13 @@ async fn workload(d: &dyn Driver, e: &mut Expect) -> Result<(), DriverError> {
 
     e.allow("blobs/x", v(4, 70_000));
     let mut w = d.writer(&p("blobs/x"), PutMode::IfAbsent).await?;
+    // A commit in the same directory persists the directory's entries, the
+    // temp file of `blobs/x` among them: from here a crash can tear a write
+    // under a name that survives (a temp name, which no listing shows).
+    e.allow("blobs/y", v(5, 1000));
+    d.put(&p("blobs/y"), pattern(5, 1000), PutMode::IfAbsent)
+        .await?;
+    e.acked.insert("blobs/y", v(5, 1000));
     for i in 0..7 {
         w.write(pattern(4, 70_000).slice(i * 10_000..(i + 1) * 10_000))
             .await?;
@@ -254,9 +266,14 @@ async fn workload(d: &dyn Driver, e: &mut Expect) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// Runs the workload with a crash after every possible disk call.
-async fn crash_sweep(torn_writes: bool) -> u64 {
+/// The paths [`workload`] touches.
+const WORKLOAD_PATHS: [&str; 5] = ["r/old", "r/new", "blobs/x", "blobs/y", "repo/blobs/x"];
+
+/// Runs the workload with a crash after every possible disk call. Returns
+/// the number of calls and of crashes that tore a write.
+async fn crash_sweep(torn_writes: bool) -> (u64, u64) {
     let mut k = 0;
+    let mut tears = 0;
     loop {
         let disk = SimDisk::with_faults(SimFaults::default(), k + 1);
         let d = SimDriver::on(disk.clone());
@@ -267,6 +284,7 @@ async fn crash_sweep(torn_writes: bool) -> u64 {
         e.allow("r/old", Some(pattern(1, 2000)));
         e.allow("r/new", None);
         e.allow("blobs/x", None);
+        e.allow("blobs/y", None);
         e.allow("repo/blobs/x", None);
         e.acked.insert("r/old", Some(pattern(1, 2000)));
         disk.set_faults(SimFaults {
@@ -277,10 +295,11 @@ async fn crash_sweep(torn_writes: bool) -> u64 {
         let finished = workload(&d, &mut e).await;
         if finished.is_ok() {
             assert!(!disk.is_powered_off());
-            return k; // the workload fits in k calls: every crash point was tried
+            return (k, tears); // the workload fits in k calls: every crash point was tried
         }
         let err = finished.unwrap_err();
         assert!(matches!(err, DriverError::Crashed { .. }), "k={k}: {err:?}");
+        tears += disk.torn_writes_applied();
         disk.set_faults(SimFaults::default());
         disk.power_on();
 
@@ -321,21 +340,33 @@ async fn crash_sweep(torn_writes: bool) -> u64 {
 
 #[tokio::test]
 async fn crash_after_every_disk_call_loses_nothing_acknowledged() {
-    let calls = crash_sweep(false).await;
+    let (calls, tears) = crash_sweep(false).await;
     assert!(calls > 20, "the sweep covered only {calls} calls");
+    assert_eq!(tears, 0, "a write tore with torn writes off");
 }
 
 #[tokio::test]
 async fn torn_writes_never_become_visible() {
-    crash_sweep(true).await;
+    let (calls, tears) = crash_sweep(true).await;
+    // Most crash points fall after a synced write, and a tear that no
+    // surviving name reaches proves nothing: at least one must have landed.
+    assert!(
+        tears > 0,
+        "none of {calls} crashes tore a write a name still reaches: the sweep tested no tear"
+    );
 }
 
-#[tokio::test]
-async fn no_space_at_every_call_changes_nothing_and_retry_succeeds() {
+/// Sweeps "no space" over every disk call of [`workload`] on a driver that
+/// `wrap` builds over a fresh sim disk: each refusal must leave exactly the
+/// acknowledged state (a refused overwrite keeps its old bytes, a refused
+/// create leaves nothing, not even a temp file), and once space is back the
+/// workload completes. Returns how many refusals were checked, or the first
+/// violation.
+async fn no_space_sweep(wrap: impl Fn(SimDriver) -> Arc<dyn Driver>) -> Result<u64, String> {
     let mut k = 0;
     loop {
         let disk = SimDisk::new();
-        let d = SimDriver::on(disk.clone());
+        let d = wrap(SimDriver::on(disk.clone()));
         d.put(&p("r/old"), pattern(1, 2000), PutMode::Overwrite)
             .await
             .unwrap();
@@ -344,24 +375,188 @@ async fn no_space_at_every_call_changes_nothing_and_retry_succeeds() {
             ..SimFaults::default()
         });
         let mut e = Expect::default();
-        let result = workload(&d, &mut e).await;
+        e.acked.insert("r/old", Some(pattern(1, 2000)));
+        let result = workload(&*d, &mut e).await;
         if result.is_ok() {
-            break;
+            return Ok(k);
         }
         let err = result.unwrap_err();
-        assert!(err.is_no_space(), "k={k}: {err:?}");
-        // Everything acknowledged before the failure is intact...
-        for (path, acked) in &e.acked {
-            let got = d.get(&p(path), None).await.ok();
-            assert_eq!(&got, acked, "k={k}: {path}");
+        if !err.is_no_space() {
+            return Err(format!("k={k}: failed with {err:?}, not no space"));
         }
-        // ...and once space is back the same workload completes.
         disk.set_faults(SimFaults::default());
-        for path in ["r/new", "blobs/x", "repo/blobs/x"] {
+        // The refusal changed nothing: every path holds its last acknowledged
+        // state, or the state before the workload if none was acknowledged...
+        for path in WORKLOAD_PATHS {
+            let want = e.acked.get(path).cloned().flatten();
+            let got = d.get(&p(path), None).await.ok();
+            if got != want {
+                return Err(format!(
+                    "k={k}: after a refused write {path} holds {:?} bytes, acknowledged {:?}",
+                    got.as_ref().map(Bytes::len),
+                    want.as_ref().map(Bytes::len)
+                ));
+            }
+        }
+        // ...and nothing else is on the disk: no partial object, no temp file
+        // (checked before the cleanup below, which would hide them).
+        let want: Vec<String> = WORKLOAD_PATHS
+            .iter()
+            .filter(|path| e.acked.get(*path).is_some_and(Option::is_some))
+            .map(|path| path.to_string())
+            .collect();
+        let mut on_disk = files(&disk).await;
+        on_disk.sort();
+        let mut want = want;
+        want.sort();
+        if on_disk != want {
+            return Err(format!(
+                "k={k}: after a refused write the disk holds {on_disk:?}, acknowledged {want:?}"
+            ));
+        }
+        // Once space is back the same workload completes.
+        for path in WORKLOAD_PATHS.iter().filter(|p| **p != "r/old") {
             d.delete(&p(path)).await.unwrap();
         }
-        workload(&d, &mut Expect::default()).await.unwrap();
+        workload(&*d, &mut Expect::default())
+            .await
+            .map_err(|e| format!("k={k}: retry with space back: {e}"))?;
         k += 1;
     }
+}
+
+/// Every file the disk's live namespace holds, temp files included.
+async fn files(disk: &Arc<SimDisk>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![String::new()];
+    while let Some(dir) = dirs.pop() {
+        for (name, is_dir) in disk.read_dir(&dir).await.unwrap() {
+            let path = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
+            if is_dir {
+                dirs.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn no_space_at_every_call_changes_nothing_and_retry_succeeds() {
+    let k = no_space_sweep(|d| Arc::new(d)).await.unwrap();
     assert!(k > 5, "no-space was injected at only {k} points");
+}
+
+/// The sweep catches a driver whose refused write is not a no-op.
+#[tokio::test]
+async fn no_space_sweep_catches_a_refused_write_that_changed_something() {
+    let err = no_space_sweep(|d| Arc::new(Broken::new(d, Breakage::DeleteBeforeOverwrite)))
+        .await
+        .expect_err("an overwrite that deletes first passed the sweep");
+    assert!(
+        err.contains("r/old holds None bytes, acknowledged Some(2000)"),
+        "{err}"
+    );
+    let err = no_space_sweep(|d| Arc::new(Broken::new(d, Breakage::PlaceholderFirst)))
+        .await
+        .expect_err("a create that leaves a placeholder passed the sweep");
+    assert!(
+        err.contains("r/new holds Some(0) bytes, acknowledged None"),
+        "{err}"
+    );
+}
+
+/// How a [`Broken`] driver gets `put` wrong.
+#[derive(Debug, Clone, Copy)]
+enum Breakage {
+    /// An overwrite deletes the old object, then writes the new one: a
+    /// refused write loses the old bytes.
+    DeleteBeforeOverwrite,
+    /// Every put first creates an empty object at the target: a refused
+    /// write leaves it behind.
+    PlaceholderFirst,
+}
+
+/// A sim driver whose `put` is broken as [`Breakage`] says; everything else
+/// passes through.
+#[derive(Debug)]
+struct Broken {
+    inner: SimDriver,
+    how: Breakage,
+}
+
+impl Broken {
+    fn new(inner: SimDriver, how: Breakage) -> Broken {
+        Broken { inner, how }
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for Broken {
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
+        self.inner.stat(path).await
+    }
+
+    async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
+        self.inner.get(path, range).await
+    }
+
+    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
+        self.inner.writer(path, mode).await
+    }
+
+    async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
+        match (self.how, mode) {
+            (Breakage::DeleteBeforeOverwrite, PutMode::Overwrite) => {
+                self.inner.delete(path).await?;
+            }
+            (Breakage::PlaceholderFirst, _) => {
+                self.inner.put(path, Bytes::new(), mode).await?;
+                return self.inner.put(path, data, PutMode::Overwrite).await;
+            }
+            _ => {}
+        }
+        self.inner.put(path, data, mode).await
+    }
+
+    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
+        self.inner.list(prefix).await
+    }
+
+    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
+        self.inner.list_dir(prefix).await
+    }
+
+    async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
+        self.inner.delete(path).await
+    }
+
+    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        self.inner.hard_link(src, dst).await
+    }
+
+    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
+        self.inner.rename(src, dst).await
+    }
+
+    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
+        self.inner.copy(src, dst, mode).await
+    }
+
+    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
+        self.inner.sync_dir(dir).await
+    }
 }

@@ -103,6 +103,9 @@ struct DiskState {
     last_write: Option<(u64, usize)>,
     rng: u64,
     crashes: u64,
+    /// Crashes that kept a non-empty prefix of a torn write under a name
+    /// that survived.
+    tears: u64,
     /// Per directory, the children whose live entry changed since its last
     /// fsync: what `fsync_dir` has to persist (so it costs the changes, not
     /// the directory's size).
@@ -343,6 +346,7 @@ impl DiskState {
         self.powered_off = true;
         let torn = self.last_write.take().filter(|_| self.faults.torn_writes);
         let tear = torn.map(|t| (t, self.next_random()));
+        let mut torn_inode = None;
         for (id, inode) in &mut self.inodes {
             inode.open = 0;
             let mut survivor = inode.durable.clone();
@@ -356,10 +360,19 @@ impl DiskState {
             {
                 let extra = (r % (inode.live.len() - before) as u64) as usize;
                 survivor.extend_from_slice(&inode.live[before..before + extra]);
+                if extra > 0 {
+                    torn_inode = Some(*id);
+                }
             }
             inode.live = survivor;
         }
         let live = self.reachable_durable();
+        // A tear counts when a name still reaches the torn bytes.
+        if let Some(id) = torn_inode
+            && live.values().any(|e| *e == Entry::File(id))
+        {
+            self.tears += 1;
+        }
         for inode in self.inodes.values_mut() {
             inode.links = 0;
             inode.durable_links = 0;
@@ -452,6 +465,14 @@ impl SimDisk {
     /// Power losses so far.
     pub fn crashes(&self) -> u64 {
         self.state.lock().unwrap().crashes
+    }
+
+    /// Crashes that tore a write: kept part, not all, of its unsynced
+    /// bytes, in a file a name still reaches (a temp name, if the commit
+    /// protocol is right). Lets a test of torn writes check that it tore
+    /// something that survived the crash.
+    pub fn torn_writes_applied(&self) -> u64 {
+        self.state.lock().unwrap().tears
     }
 
     /// Bytes of file data held (what `capacity` limits).
