@@ -34,14 +34,19 @@ struct Shared {
 
 impl Shared {
     fn enter(&self, name: &'static str, kind: CallKind) -> DriverResult<()> {
-        if let Some(first) = self.poisoned.lock().unwrap().clone() {
-            return Err(DriverError::Poisoned {
-                driver: name,
-                first,
-            });
-        }
+        self.refuse_if_poisoned(name)?;
         self.counters.count(kind);
         Ok(())
+    }
+
+    fn refuse_if_poisoned(&self, name: &'static str) -> DriverResult<()> {
+        match self.poisoned.lock().unwrap().clone() {
+            Some(first) => Err(DriverError::Poisoned {
+                driver: name,
+                first,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn check<T>(&self, result: DriverResult<T>) -> DriverResult<T> {
@@ -154,7 +159,9 @@ impl<D: Driver> Driver for Instrumented<D> {
 
     async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
         if self.inner.capabilities().durable_on_return {
-            return Ok(()); // nothing to do, and nothing a real backend would bill
+            // Nothing to do, and nothing a real backend would bill; but a
+            // poisoned driver refuses it like every other call.
+            return self.shared.refuse_if_poisoned(self.inner.name());
         }
         self.call(CallKind::Sync, self.inner.sync_dir(dir)).await
     }
