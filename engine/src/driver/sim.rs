@@ -10,6 +10,7 @@
 //! - After a crash, an entry whose parent directory did not survive is gone.
 //! - Optionally the last unsynced write is **torn**: a prefix of it survives.
 //! - A **capacity** makes writes fail with "no space" and change nothing.
+//! - An injected **fsync failure** persists nothing and reports an I/O error.
 //!
 //! Everything is deterministic: ordered maps, counters, a seeded generator.
 //! The disk lives outside the simulated node, so it outlives a killed
@@ -62,6 +63,11 @@ pub struct SimFaults {
     /// nothing: a disk that lies about durability, so a crash loses
     /// acknowledged writes. Only for proving that a checker notices.
     pub lying_fsync: bool,
+    /// From this many calls on, every fsync (of a file or a directory)
+    /// fails with an I/O error and persists nothing, until cleared: the
+    /// disk could not write back. The driver reports it as
+    /// [`DriverError::SyncFailed`], which poisons an instrumented driver.
+    pub fsync_fails_after_ops: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +194,20 @@ impl DiskState {
                 .is_some_and(|k| self.ops_since_power_on > k)
         {
             return Err(err(io::ErrorKind::StorageFull));
+        }
+        Ok(())
+    }
+
+    /// The injected fsync failure, checked by fsync calls after [`Self::enter`].
+    fn fsync_fault(&self) -> io::Result<()> {
+        if self
+            .faults
+            .fsync_fails_after_ops
+            .is_some_and(|k| self.ops_since_power_on > k)
+        {
+            return Err(io::Error::other(
+                "simulated EIO: the disk could not write back",
+            ));
         }
         Ok(())
     }
@@ -576,6 +596,8 @@ impl PosixFs for Arc<SimDisk> {
 
     async fn fsync(&self, file: &mut SimFile) -> io::Result<()> {
         self.with(false, |st| {
+            st.handle(file)?; // a dead handle first: the power is gone
+            st.fsync_fault()?;
             if st.faults.lying_fsync {
                 return Ok(());
             }
@@ -690,6 +712,7 @@ impl PosixFs for Arc<SimDisk> {
 
     async fn fsync_dir(&self, path: &str) -> io::Result<()> {
         self.with(false, |st| {
+            st.fsync_fault()?;
             if !st.is_dir(path) {
                 return Err(err(io::ErrorKind::NotFound));
             }
