@@ -3,6 +3,7 @@
 //! independent tool (skopeo) judge the exported layout.
 
 use std::fs;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -278,6 +279,9 @@ fn fsck_reports_corruption_and_bad_input_gets_clear_errors() {
     );
 }
 
+/// SIGKILL's number on Linux (and every Unix this runs on).
+const SIGKILL: i32 = 9;
+
 /// SIGKILL `ocistore migrate` at varying moments, re-run until it completes:
 /// fsck is clean and every export equals the export taken before migrating.
 #[test]
@@ -308,25 +312,12 @@ fn migrate_survives_sigkill_at_random_moments() {
     };
     let before = export_all("before");
 
-    let mut interrupted = 0;
-    let mut finished = false;
-    for attempt in 0..40u64 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ocistore"))
-            .args(["--root", root.path.to_str().unwrap(), "--json", "migrate"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        // Spread over the whole run (about a second in a debug build).
-        std::thread::sleep(std::time::Duration::from_millis(5 + (attempt * 173) % 1500));
-        if child.try_wait().unwrap().is_some_and(|s| s.success()) {
-            finished = true;
-            break;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        interrupted += 1;
-    }
+    let migrate = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ocistore"));
+        c.args(["--root", root.path.to_str().unwrap(), "--json", "migrate"]);
+        c
+    };
+    let (interrupted, finished) = kill_until_done(migrate, tmp.path()).unwrap();
     if !finished {
         root.ok(&["migrate"]);
     }
@@ -341,4 +332,52 @@ fn migrate_survives_sigkill_at_random_moments() {
     let stats: serde_json::Value = serde_json::from_str(&root.ok(&["--json", "stats"])).unwrap();
     assert_eq!(stats["layout"], "blobstore");
     eprintln!("migration interrupted {interrupted} times before completing");
+}
+
+/// Runs `command` up to 40 times, SIGKILLing each run at a varying moment,
+/// until a run completes. Returns the number of runs killed and whether one
+/// completed; fails on a run that ended with an error before the kill.
+fn kill_until_done(command: impl Fn() -> Command, logs: &Path) -> Result<(u32, bool), String> {
+    let mut interrupted = 0;
+    for attempt in 0..40u64 {
+        let stderr_path = logs.join(format!("attempt-{attempt}.stderr"));
+        let mut child = command()
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        // Spread over the whole run (about a second in a debug build).
+        std::thread::sleep(std::time::Duration::from_millis(5 + (attempt * 173) % 1500));
+        // Kill it unless it has ended; either way, find out how it ended.
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+        }
+        let status = child.wait().unwrap();
+        match status.signal() {
+            Some(SIGKILL) => interrupted += 1,
+            // Ended before the kill: only a completed run may.
+            _ if status.success() => return Ok((interrupted, true)),
+            _ => {
+                return Err(format!(
+                    "attempt {attempt}: ended by itself with {status}, not by our SIGKILL: {}",
+                    fs::read_to_string(&stderr_path).unwrap()
+                ));
+            }
+        }
+    }
+    Ok((interrupted, false))
+}
+
+/// [`kill_until_done`] fails on a run that exits with an error.
+#[test]
+fn a_run_failing_before_the_kill_is_not_an_interruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-store-here");
+    let migrate = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ocistore"));
+        c.arg("--root").arg(&missing).arg("migrate");
+        c
+    };
+    let err = kill_until_done(migrate, tmp.path()).expect_err("a failing migrate passed");
+    assert!(err.contains("not by our SIGKILL"), "{err}");
 }
