@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use self::blobs::UploadStatus;
 pub use self::fsck::{Finding, FindingKind};
 pub use self::manifests::StoredManifest;
+pub use self::repos::MAX_PAGE;
 pub(crate) use self::repos::list_repos;
 pub use self::reserve::{DEFAULT_RESERVE, RESERVE_PATH};
 

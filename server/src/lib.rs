@@ -1,0 +1,118 @@
+//! # server: the OCI Distribution API v1.1 over an ocistore [`Store`]
+//!
+//! One axum route takes everything under `/v2/`; [`path`] parses it by hand
+//! (repository names contain `/`), the handlers turn a request into one
+//! engine call or a few, and [`error`] maps the engine's errors to the
+//! spec's JSON body and status in one place. Handlers stay thin: every rule
+//! about names, digests, manifests and sessions lives in the engine.
+//!
+//! ## What is streamed, what is buffered
+//! - Upload bodies (POST `?digest=`, PATCH, PUT) are read frame by frame and
+//!   fed to [`Store::upload_chunk`] in pieces of at most [`UPLOAD_PIECE`]
+//!   bytes: memory per request is bounded whatever the blob's size.
+//! - Blob GET: a blob up to [`WHOLE_READ_MAX`] is read whole with
+//!   [`Store::get_blob`] (the engine verifies it before a byte is sent).
+//!   A larger blob is sent in [`READ_PIECE`] ranges from
+//!   [`Store::get_blob_range`], hashed as it goes; if the bytes do not hash
+//!   to the digest the body is cut short with an error, so a client never
+//!   receives a complete response with the wrong content (it may have
+//!   received a prefix). Ranged GETs read only the range (not verifiable).
+//! - Manifest bodies are buffered (at most 4 MiB, the engine's limit;
+//!   larger is 413), as are manifest GETs (the engine returns whole bytes).
+//!
+//! ## What does not survive a restart
+//! Upload sessions live in the engine's process memory: a restart of the
+//! server forgets them (clients get `BLOB_UPLOAD_UNKNOWN` and start over).
+
+pub mod error;
+mod handlers;
+pub mod path;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use engine::Store;
+
+pub use handlers::{READ_PIECE, UPLOAD_PIECE, WHOLE_READ_MAX};
+
+/// The header every response carries (clients probe it on `/v2/`).
+pub const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");
+
+/// The application: every route, the API version header, one log line per request.
+pub fn router(store: Store) -> Router {
+    Router::new()
+        .fallback(handlers::dispatch)
+        .with_state(store)
+        .layer(middleware::from_fn(log_request))
+}
+
+/// Serves `store` on `listener` until `shutdown` completes, then lets
+/// requests in flight finish (axum's graceful shutdown).
+pub async fn serve(
+    listener: rtokio::net::TcpListener,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(store))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds `addr` (a loopback address by default in the CLI).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<rtokio::net::TcpListener> {
+    rtokio::net::TcpListener::bind(addr).await
+}
+
+/// Completes on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if rtokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match rtokio::signal::unix::signal(rtokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    rtokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(
+        HeaderName::from_static(API_VERSION.0),
+        HeaderValue::from_static(API_VERSION.1),
+    );
+    let length = response
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    tracing::info!(
+        target: "ocistore::http",
+        "{method} {uri} {} {length} {:.3}ms",
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    response
+}
