@@ -91,6 +91,13 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Serve the root over the OCI Distribution API v1.1 (HTTP, no TLS).
+    /// Stops on SIGTERM or ctrl-c after requests in flight finish.
+    Serve {
+        /// Address to listen on (loopback by default; port 0 picks one).
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        addr: std::net::SocketAddr,
+    },
 }
 
 /// What went wrong, and the exit code that says so.
@@ -456,6 +463,30 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 ));
                 lines.join("\n")
             });
+        }
+        Command::Serve { addr } => {
+            let store = root::open(&cli.root).await?;
+            let listener = server::bind(addr)
+                .await
+                .map_err(|e| CliError::Usage(format!("cannot listen on {addr}: {e}")))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| CliError::Usage(format!("listening on {addr}: {e}")))?;
+            tracing_subscriber::fmt()
+                .with_target(false)
+                .with_writer(std::io::stderr)
+                .init();
+            let c = store.config();
+            tracing::info!(
+                "serving {} (layout {}, policy {}) on http://{local}",
+                cli.root.root.display(),
+                c.layout,
+                c.policy
+            );
+            server::serve(listener, store, server::shutdown_signal())
+                .await
+                .map_err(|e| CliError::Usage(format!("serving on {local}: {e}")))?;
+            tracing::info!("stopped");
         }
         Command::Stats => {
             let store = root::open(&cli.root).await?;
