@@ -17,6 +17,21 @@ use crate::error::{ApiError, ApiResult};
 /// At most this many `?tag=` on one manifest PUT (414 beyond).
 pub const MAX_TAGS_PER_PUT: usize = 100;
 
+/// A refused manifest body up to this size is read and discarded before
+/// the 413, so a client still sending it gets the answer instead of a
+/// connection reset; a larger one is cut off.
+const DRAIN_MAX: u64 = 4 * MAX_MANIFEST_SIZE as u64;
+
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = stream.next().await {
+        seen += frame.len() as u64;
+        if seen > DRAIN_MAX {
+            break;
+        }
+    }
+}
+
 fn too_large(len: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -80,13 +95,16 @@ pub(super) async fn put(
         .iter()
         .map(|t| Tag::parse(t).map_err(|e| ApiError::from(StoreError::from(e))))
         .collect::<ApiResult<_>>()?;
+    let mut stream = body.into_data_stream();
     if let Some(len) = content_length(&req.headers)?
         && len > MAX_MANIFEST_SIZE as u64
     {
+        if len <= DRAIN_MAX {
+            drain(&mut stream).await;
+        }
         return Err(too_large(len));
     }
     let mut buf = BytesMut::new();
-    let mut stream = body.into_data_stream();
     while let Some(frame) = stream.next().await {
         let frame = frame.map_err(|e| {
             ApiError::new(
@@ -96,7 +114,10 @@ pub(super) async fn put(
             )
         })?;
         if buf.len() + frame.len() > MAX_MANIFEST_SIZE {
-            return Err(too_large((buf.len() + frame.len()) as u64));
+            let seen = (buf.len() + frame.len()) as u64;
+            drop(buf);
+            drain(&mut stream).await;
+            return Err(too_large(seen));
         }
         buf.extend_from_slice(&frame);
     }
