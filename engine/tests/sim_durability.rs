@@ -9,14 +9,13 @@
 //! no-space sweep can fail.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use engine::driver::posix::PosixFs;
 use engine::driver::{
-    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, Listing, ObjectMeta,
-    PutMode, SimDisk, SimDriver, SimFaults, conformance::pattern,
+    Driver, DriverError, DriverPath, DriverResult, PutMode, SimDisk, SimDriver, SimFaults,
+    conformance::pattern,
 };
 
 fn p(s: &str) -> DriverPath {
@@ -491,31 +490,19 @@ struct Broken {
 }
 
 impl Broken {
-    fn new(inner: SimDriver, how: Breakage) -> Broken {
-        Broken { inner, how }
+    fn new(inner: SimDriver, how: Breakage) -> engine::driver::Intercepted<Broken> {
+        engine::driver::Intercepted(Broken { inner, how })
     }
 }
 
 #[async_trait::async_trait]
-impl Driver for Broken {
+impl engine::driver::Intercept for Broken {
+    fn inner(&self) -> &dyn Driver {
+        &self.inner
+    }
+
     fn name(&self) -> &'static str {
         "broken"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
-        self.inner.stat(path).await
-    }
-
-    async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
-        self.inner.get(path, range).await
-    }
-
-    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
-        self.inner.writer(path, mode).await
     }
 
     async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
@@ -530,33 +517,5 @@ impl Driver for Broken {
             _ => {}
         }
         self.inner.put(path, data, mode).await
-    }
-
-    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
-        self.inner.list_dir(prefix).await
-    }
-
-    async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
-        self.inner.delete(path).await
-    }
-
-    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.hard_link(src, dst).await
-    }
-
-    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.rename(src, dst).await
-    }
-
-    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
-        self.inner.copy(src, dst, mode).await
-    }
-
-    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
-        self.inner.sync_dir(dir).await
     }
 }

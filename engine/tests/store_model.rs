@@ -27,10 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use engine::driver::{
-    BlobWriter, Capabilities, Driver, DriverPath, DriverResult, Leftover, Listing, ObjectMeta,
-    PutMode,
-};
+use engine::driver::{Driver, DriverPath, DriverResult, Intercepted, PutMode};
 use engine::gc::{GcKind, GcOptions};
 use engine::oci::media;
 use engine::{Digest, ErrorCode, LayoutKind, LockPolicy, Reference, StoreError};
@@ -924,7 +921,7 @@ fn check(config: Config, ops: &[Op]) -> Result<(), TestCaseError> {
             config.policy,
             config.backend,
             |d| match config.fault {
-                Some(fault) => Arc::new(Broken { inner: d, fault }) as Arc<dyn Driver>,
+                Some(fault) => Arc::new(Intercepted(Broken { inner: d, fault })) as Arc<dyn Driver>,
                 None => d,
             },
         )
@@ -1025,17 +1022,9 @@ struct Broken {
 }
 
 #[async_trait::async_trait]
-impl Driver for Broken {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
-        self.inner.stat(path).await
+impl engine::driver::Intercept for Broken {
+    fn inner(&self) -> &dyn Driver {
+        &*self.inner
     }
 
     async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
@@ -1049,10 +1038,6 @@ impl Driver for Broken {
         Ok(data)
     }
 
-    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
-        self.inner.writer(path, mode).await
-    }
-
     async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
         if matches!(self.fault, Fault::DropIndexRewrites)
             && mode == PutMode::Overwrite
@@ -1061,42 +1046,6 @@ impl Driver for Broken {
             return Ok(());
         }
         self.inner.put(path, data, mode).await
-    }
-
-    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
-        self.inner.list_dir(prefix).await
-    }
-
-    async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
-        self.inner.delete(path).await
-    }
-
-    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.hard_link(src, dst).await
-    }
-
-    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.rename(src, dst).await
-    }
-
-    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
-        self.inner.copy(src, dst, mode).await
-    }
-
-    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
-        self.inner.sync_dir(dir).await
-    }
-
-    async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
-        self.inner.leftovers(prefix).await
-    }
-
-    async fn remove_leftover(&self, leftover: &Leftover) -> DriverResult<()> {
-        self.inner.remove_leftover(leftover).await
     }
 }
 

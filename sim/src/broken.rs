@@ -8,10 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use engine::driver::{
-    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, Leftover, Listing,
-    ObjectMeta, PutMode,
-};
+use engine::driver::{Driver, DriverError, DriverPath, DriverResult, Intercept, PutMode};
 use serde::{Deserialize, Serialize};
 
 /// Which promise the store breaks.
@@ -41,7 +38,8 @@ impl Broken {
     }
 }
 
-/// A driver that breaks [`Broken`]'s promise and passes everything else on.
+/// A driver that breaks [`Broken`]'s promise and passes everything else on
+/// (a [`Driver`] as `Intercepted<BrokenDriver>`).
 #[derive(Debug)]
 pub struct BrokenDriver {
     inner: Arc<dyn Driver>,
@@ -64,17 +62,9 @@ impl BrokenDriver {
 }
 
 #[async_trait]
-impl Driver for BrokenDriver {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
-        self.inner.stat(path).await
+impl Intercept for BrokenDriver {
+    fn inner(&self) -> &dyn Driver {
+        &*self.inner
     }
 
     async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
@@ -95,10 +85,6 @@ impl Driver for BrokenDriver {
         }
     }
 
-    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
-        self.inner.writer(path, mode).await
-    }
-
     async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
         if BrokenDriver::is_index(path) && mode == PutMode::Overwrite {
             match self.broken {
@@ -115,41 +101,5 @@ impl Driver for BrokenDriver {
             }
         }
         self.inner.put(path, data, mode).await
-    }
-
-    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
-        self.inner.list_dir(prefix).await
-    }
-
-    async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
-        self.inner.delete(path).await
-    }
-
-    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.hard_link(src, dst).await
-    }
-
-    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.rename(src, dst).await
-    }
-
-    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
-        self.inner.copy(src, dst, mode).await
-    }
-
-    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
-        self.inner.sync_dir(dir).await
-    }
-
-    async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
-        self.inner.leftovers(prefix).await
-    }
-
-    async fn remove_leftover(&self, leftover: &Leftover) -> DriverResult<()> {
-        self.inner.remove_leftover(leftover).await
     }
 }

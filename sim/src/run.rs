@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engine::driver::{
-    Driver, Latency as LatencyDriver, ObjectDriver, SimDisk, SimDriver, SimFaults,
+    Driver, Intercepted, Latency as LatencyDriver, ObjectDriver, SimDisk, SimDriver, SimFaults,
 };
 use engine::lock::LockMetrics;
 use engine::meta::{MemoryMeta, MetaStore};
@@ -51,7 +51,7 @@ fn driver(disk: &Arc<SimDisk>, scenario: &Scenario, spike: Arc<AtomicU64>) -> Ar
         DriverKind::Links => Arc::new(LatencyDriver::new(SimDriver::on(disk.clone()), model)),
     };
     match scenario.faults.broken {
-        Some(broken) => Arc::new(BrokenDriver::new(driver, broken)),
+        Some(broken) => Arc::new(Intercepted(BrokenDriver::new(driver, broken))),
         None => driver,
     }
 }

@@ -21,6 +21,7 @@ mod counters;
 mod error;
 pub mod fs;
 mod instrumented;
+mod intercept;
 mod latency;
 pub mod object;
 mod path;
@@ -40,6 +41,7 @@ pub use counters::{CallCounters, CallCounts, CallKind};
 pub use error::{DriverError, DriverResult};
 pub use fs::FsDriver;
 pub use instrumented::Instrumented;
+pub use intercept::{Intercept, Intercepted};
 pub use latency::{Latency, LatencyModel};
 pub use object::ObjectDriver;
 pub use path::{DriverPath, PathError, RESERVED_PREFIX};
@@ -218,52 +220,64 @@ pub trait Driver: Send + Sync + fmt::Debug {
     }
 }
 
-/// `Box<dyn Driver>` and `Arc<dyn Driver>` are drivers too, so wrappers and
-/// the store can hold a driver chosen at run time.
+/// Implements [`Driver`] by forwarding every call to `$to` (an expression
+/// of `$this`, the `&self`): for the pointer types below, and for
+/// [`Intercepted`], whose target is an [`Intercept`] (same method names).
 macro_rules! forward_driver {
-    ($ptr:ident) => {
+    ({ $($header:tt)* }, $this:ident => $to:expr) => {
         #[async_trait]
-        impl<D: Driver + ?Sized> Driver for $ptr<D> {
+        $($header)* {
             fn name(&self) -> &'static str {
-                (**self).name()
+                let $this = self;
+                $to.name()
             }
             fn capabilities(&self) -> Capabilities {
-                (**self).capabilities()
+                let $this = self;
+                $to.capabilities()
             }
             async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
-                (**self).stat(path).await
+                let $this = self;
+                $to.stat(path).await
             }
             async fn get(
                 &self,
                 path: &DriverPath,
                 range: Option<Range<u64>>,
             ) -> DriverResult<Bytes> {
-                (**self).get(path, range).await
+                let $this = self;
+                $to.get(path, range).await
             }
             async fn writer(
                 &self,
                 path: &DriverPath,
                 mode: PutMode,
             ) -> DriverResult<Box<dyn BlobWriter>> {
-                (**self).writer(path, mode).await
+                let $this = self;
+                $to.writer(path, mode).await
             }
             async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
-                (**self).put(path, data, mode).await
+                let $this = self;
+                $to.put(path, data, mode).await
             }
             async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
-                (**self).list(prefix).await
+                let $this = self;
+                $to.list(prefix).await
             }
             async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
-                (**self).list_dir(prefix).await
+                let $this = self;
+                $to.list_dir(prefix).await
             }
             async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
-                (**self).delete(path).await
+                let $this = self;
+                $to.delete(path).await
             }
             async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-                (**self).hard_link(src, dst).await
+                let $this = self;
+                $to.hard_link(src, dst).await
             }
             async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-                (**self).rename(src, dst).await
+                let $this = self;
+                $to.rename(src, dst).await
             }
             async fn copy(
                 &self,
@@ -271,24 +285,31 @@ macro_rules! forward_driver {
                 dst: &DriverPath,
                 mode: PutMode,
             ) -> DriverResult<()> {
-                (**self).copy(src, dst, mode).await
+                let $this = self;
+                $to.copy(src, dst, mode).await
             }
             async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
-                (**self).sync_dir(dir).await
+                let $this = self;
+                $to.sync_dir(dir).await
             }
             async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
-                (**self).leftovers(prefix).await
+                let $this = self;
+                $to.leftovers(prefix).await
             }
             async fn remove_leftover(&self, leftover: &Leftover) -> DriverResult<()> {
-                (**self).remove_leftover(leftover).await
+                let $this = self;
+                $to.remove_leftover(leftover).await
             }
         }
     };
 }
 
 use std::sync::Arc;
-forward_driver!(Box);
-forward_driver!(Arc);
+// `Box<dyn Driver>` and `Arc<dyn Driver>` are drivers too, so wrappers and
+// the store can hold a driver chosen at run time.
+forward_driver!({ impl<D: Driver + ?Sized> Driver for Box<D> }, s => (**s));
+forward_driver!({ impl<D: Driver + ?Sized> Driver for Arc<D> }, s => (**s));
+forward_driver!({ impl<I: Intercept> Driver for Intercepted<I> }, s => s.0);
 
 /// Reads ranges in chunks so that a caller can stream a large object
 /// without holding it whole; shared by `copy` implementations.

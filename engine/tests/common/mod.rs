@@ -2,15 +2,14 @@
 //! images to push, and faults the driver API cannot express.
 #![allow(dead_code)] // each test file uses a different part
 
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use engine::driver::{
-    BlobWriter, Capabilities, Driver, DriverPath, DriverResult, FsDriver, Listing, ObjectDriver,
-    ObjectMeta, PutMode, SimDisk, SimDriver, conformance::pattern,
+    BlobWriter, Driver, DriverPath, DriverResult, FsDriver, Intercepted, ObjectDriver, PutMode,
+    SimDisk, SimDriver, conformance::pattern,
 };
 use engine::meta::MemoryMeta;
 use engine::oci::media;
@@ -329,8 +328,8 @@ pub struct Gated {
 }
 
 impl Gated {
-    pub fn new(inner: Arc<dyn Driver>, gate: Arc<Gate>) -> Gated {
-        Gated { inner, gate }
+    pub fn new(inner: Arc<dyn Driver>, gate: Arc<Gate>) -> Intercepted<Gated> {
+        Intercepted(Gated { inner, gate })
     }
 }
 
@@ -363,21 +362,9 @@ impl BlobWriter for GatedWriter {
 }
 
 #[async_trait::async_trait]
-impl Driver for Gated {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
-        self.inner.stat(path).await
-    }
-
-    async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
-        self.inner.get(path, range).await
+impl engine::driver::Intercept for Gated {
+    fn inner(&self) -> &dyn Driver {
+        &*self.inner
     }
 
     async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
@@ -385,38 +372,6 @@ impl Driver for Gated {
             inner: self.inner.writer(path, mode).await?,
             gate: self.gate.clone(),
         }))
-    }
-
-    async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
-        self.inner.put(path, data, mode).await
-    }
-
-    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
-        self.inner.list_dir(prefix).await
-    }
-
-    async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
-        self.inner.delete(path).await
-    }
-
-    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.hard_link(src, dst).await
-    }
-
-    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.rename(src, dst).await
-    }
-
-    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
-        self.inner.copy(src, dst, mode).await
-    }
-
-    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
-        self.inner.sync_dir(dir).await
     }
 }
 
@@ -432,11 +387,11 @@ pub struct Faulty {
 }
 
 impl Faulty {
-    pub fn new(inner: Arc<dyn Driver>) -> Arc<Faulty> {
-        Arc::new(Faulty {
+    pub fn new(inner: Arc<dyn Driver>) -> Arc<Intercepted<Faulty>> {
+        Arc::new(Intercepted(Faulty {
             inner,
             delete_fails_after_effect: std::sync::Mutex::new(None),
-        })
+        }))
     }
 
     pub fn fail_next_delete_after_effect(&self, prefix: &str) {
@@ -445,37 +400,9 @@ impl Faulty {
 }
 
 #[async_trait::async_trait]
-impl Driver for Faulty {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn stat(&self, path: &DriverPath) -> DriverResult<ObjectMeta> {
-        self.inner.stat(path).await
-    }
-
-    async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
-        self.inner.get(path, range).await
-    }
-
-    async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
-        self.inner.writer(path, mode).await
-    }
-
-    async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
-        self.inner.put(path, data, mode).await
-    }
-
-    async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn list_dir(&self, prefix: Option<&DriverPath>) -> DriverResult<Listing> {
-        self.inner.list_dir(prefix).await
+impl engine::driver::Intercept for Faulty {
+    fn inner(&self) -> &dyn Driver {
+        &*self.inner
     }
 
     async fn delete(&self, path: &DriverPath) -> DriverResult<()> {
@@ -494,22 +421,6 @@ impl Driver for Faulty {
             });
         }
         Ok(())
-    }
-
-    async fn hard_link(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.hard_link(src, dst).await
-    }
-
-    async fn rename(&self, src: &DriverPath, dst: &DriverPath) -> DriverResult<()> {
-        self.inner.rename(src, dst).await
-    }
-
-    async fn copy(&self, src: &DriverPath, dst: &DriverPath, mode: PutMode) -> DriverResult<()> {
-        self.inner.copy(src, dst, mode).await
-    }
-
-    async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
-        self.inner.sync_dir(dir).await
     }
 }
 
