@@ -7,6 +7,7 @@
 //!
 //! Read top-down:
 //! - [`store`]: the operations (repos, uploads, blobs, manifests, referrers, fsck).
+//! - [`root`]: what a root says about itself (its configuration, migration state).
 //! - [`gc`]: garbage collection without stop-the-world.
 //! - [`migrate`]: legacy -> blobstore, in place (crash-safe) or side by side.
 //! - [`lock`]: the lock manager, the three policies, the lock-plan table.
@@ -27,6 +28,7 @@ pub mod lock;
 pub mod meta;
 pub mod migrate;
 pub mod oci;
+pub mod root;
 pub mod store;
 mod sync;
 

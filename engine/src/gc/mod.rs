@@ -329,7 +329,7 @@ impl Store {
         report: &mut GcReport,
         seen: &mut Vec<Vec<u8>>,
     ) -> StoreResult<Option<(Analysis, Vec<Digest>)>> {
-        let body = match self.read_index(repo).await {
+        let body = match self.read_index_bytes(repo).await {
             Ok(body) => body,
             Err(StoreError::NameUnknown { .. }) => return Ok(None), // gone meanwhile
             Err(e) => return Err(e),
@@ -376,7 +376,7 @@ impl Store {
             if !opts.dry_run {
                 // The kept rows are written back as they were read.
                 let pruned = index.without(|row| drop_rows.contains(row.digest()));
-                self.write_index_removing(repo, pruned).await?;
+                self.write_index_bytes_removing(repo, pruned).await?;
             }
         }
         let mut candidates = Vec::new();
@@ -412,7 +412,7 @@ impl Store {
             let _guard = self.lock(Intent::blob_remove(repo, &d)).await;
             if self.generation(repo) != analysis.generation {
                 // A manifest changed since the analysis: recompute what is kept.
-                let body = self.read_index(repo).await?;
+                let body = self.read_index_bytes(repo).await?;
                 let index = IndexRows::parse(&body).map_err(|e| corrupt_index(repo, e))?;
                 let rows = self.parsed_rows(repo, index.rows()).await?;
                 let mut keep = HashSet::new();
@@ -530,7 +530,7 @@ impl Store {
     }
 
     async fn remove_if_empty(&self, repo: &RepoName, report: &mut GcReport) -> StoreResult<()> {
-        let index = match self.load_index(repo).await {
+        let index = match self.read_index(repo).await {
             Ok(index) => index,
             Err(StoreError::NameUnknown { .. }) => return Ok(()),
             Err(e) => return Err(e),

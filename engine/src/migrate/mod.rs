@@ -36,7 +36,6 @@ pub mod sync;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::digest::{Digest, DigestHasher};
@@ -45,15 +44,8 @@ use crate::error::{StoreError, StoreResult};
 use crate::layout::{self, LayoutKind, parse_blob_paths};
 use crate::meta::{Batch, MetaStore, Table, scan_keys};
 use crate::oci::names::RepoName;
-use crate::store::{CONFIG_PATH, Store, StoreConfig, list_repos};
-
-const STATE: &[u8] = b"state";
-const RUNNING: &[u8] = b"running";
-const DONE: &[u8] = b"done";
-
-fn repo_key(repo: &RepoName) -> Vec<u8> {
-    format!("repo\0{repo}").into_bytes()
-}
+use crate::root::{self, StoreConfig};
+use crate::store::list_repos;
 
 /// What a migration run did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -79,9 +71,7 @@ pub struct MigrationReport {
 pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
 /// Is an in-place migration started and unfinished on this root?
-pub async fn in_progress(meta: &dyn MetaStore) -> StoreResult<bool> {
-    Ok(meta.get(Table::MIGRATION, STATE).await?.as_deref() == Some(RUNNING))
-}
+pub use crate::root::migration_in_progress as in_progress;
 
 struct Migrator<'a> {
     driver: &'a dyn Driver,
@@ -100,7 +90,7 @@ pub async fn migrate_in_place(
     meta: Arc<dyn MetaStore>,
     progress: Progress<'_>,
 ) -> StoreResult<MigrationReport> {
-    let Some(config) = Store::stored_config(&*driver).await? else {
+    let Some(config) = root::read_config(&*driver).await? else {
         return Err(StoreError::Denied {
             reason: "not an ocistore root (no _ocistore/config.json)".into(),
         });
@@ -113,30 +103,22 @@ pub async fn migrate_in_place(
         report: MigrationReport::default(),
     };
     if config.layout == LayoutKind::Blobstore {
-        if in_progress(m.meta).await? {
+        if root::migration_in_progress(m.meta).await? {
             // Crashed between the config flip and the final mark.
-            meta.commit(Batch::new().put(Table::MIGRATION, STATE, DONE))
-                .await?;
+            root::mark_migration_done(m.meta).await?;
         }
         m.report.completed = true;
         return Ok(m.report);
     }
-    meta.commit(Batch::new().put(Table::MIGRATION, STATE, RUNNING))
-        .await?;
+    root::mark_migration_running(m.meta).await?;
     let repos = list_repos(m.driver).await?;
     m.report.repos_total = repos.len();
     for (i, repo) in repos.iter().enumerate() {
-        if meta
-            .get(Table::MIGRATION, &repo_key(repo))
-            .await?
-            .as_deref()
-            == Some(DONE)
-        {
+        if root::repo_migrated(m.meta, repo).await? {
             m.report.repos_already_done += 1;
         } else {
             m.repo(repo).await?;
-            meta.commit(Batch::new().put(Table::MIGRATION, repo_key(repo), DONE))
-                .await?;
+            root::mark_repo_migrated(m.meta, repo).await?;
             m.report.repos_migrated += 1;
         }
         progress(i + 1, repos.len());
@@ -154,13 +136,8 @@ pub async fn migrate_in_place(
         layout: LayoutKind::Blobstore,
         policy: config.policy,
     };
-    let body = serde_json::to_vec_pretty(&flipped).expect("config serialises");
-    let config_path = DriverPath::new(CONFIG_PATH).expect("valid");
-    driver
-        .put(&config_path, Bytes::from(body), PutMode::Overwrite)
-        .await?;
-    meta.commit(Batch::new().put(Table::MIGRATION, STATE, DONE))
-        .await?;
+    root::replace_config(m.driver, flipped).await?;
+    root::mark_migration_done(m.meta).await?;
     m.report.completed = true;
     Ok(m.report)
 }

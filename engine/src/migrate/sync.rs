@@ -39,7 +39,7 @@ pub async fn sync_stores(old: &Store, new: &Store) -> StoreResult<SyncReport> {
     let mut report = SyncReport::default();
     for repo in old.catalog(None, None).await? {
         report.repos += 1;
-        let index = old.load_index(&repo).await?;
+        let index = old.read_index(&repo).await?;
         let mut done = HashSet::new();
         for row in &index.manifests {
             copy_manifest(old, new, &repo, &row.digest, &mut done, &mut report, 0).await?;
@@ -153,7 +153,7 @@ pub async fn compare(old: &Store, new: &Store) -> StoreResult<Vec<String>> {
             let s = s.clone();
             let repo = (*repo).clone();
             async move {
-                let index = s.load_index(&repo).await?;
+                let index = s.read_index(&repo).await?;
                 let tags: BTreeMap<String, Digest> = index
                     .manifests
                     .iter()

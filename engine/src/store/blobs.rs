@@ -454,7 +454,7 @@ impl Store {
     /// the repository references it, or while it is one of its manifests.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> StoreResult<()> {
         let _guard = self.lock(Intent::blob_remove(repo, digest)).await;
-        let index = self.load_index(repo).await?;
+        let index = self.read_index(repo).await?;
         if self.layout().stat(repo, digest).await?.is_none() {
             return Err(blob_unknown(repo, digest));
         }

@@ -143,7 +143,7 @@ impl Store {
                     ));
                 }
             }
-            let index = self.load_index(repo).await?;
+            let index = self.read_index(repo).await?;
             let rows: BTreeSet<&Digest> = index.manifests.iter().map(|r| &r.digest).collect();
             for row in &index.manifests {
                 if !held.valid(&row.digest).await? {

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
 pub use self::blobs::UploadStatus;
 pub use self::fsck::{Finding, FindingKind};
@@ -28,43 +27,17 @@ pub use self::repos::MAX_PAGE;
 pub(crate) use self::repos::list_repos;
 pub use self::reserve::{DEFAULT_RESERVE, RESERVE_PATH};
 
-use crate::driver::{CallCounts, Driver, DriverPath, Instrumented, PutMode};
+use crate::driver::{CallCounts, Driver, Instrumented, PutMode};
 use crate::error::{StoreError, StoreResult};
 use crate::layout::{self, BlobLayout, BlobstoreLayout, LayoutKind, LegacyLayout};
-use crate::lock::{Intent, LockGuard, LockManager, LockMetrics, LockPolicy};
+use crate::lock::{Intent, LockGuard, LockManager, LockMetrics};
 use crate::meta::MetaStore;
 use crate::oci::manifest::ImageIndex;
 use crate::oci::names::RepoName;
 use crate::sync::unmodeled::Mutex;
 
-/// The two knobs of DESIGN §2, independent of each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreConfig {
-    #[serde(with = "as_str")]
-    pub layout: LayoutKind,
-    #[serde(with = "as_str")]
-    pub policy: LockPolicy,
-}
-
-mod as_str {
-    use std::fmt::Display;
-    use std::str::FromStr;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
-    }
-
-    pub fn deserialize<'de, T: FromStr<Err = String>, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<T, D::Error> {
-        T::from_str(<&str>::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Where the store remembers its configuration, inside its own root.
-pub const CONFIG_PATH: &str = "_ocistore/config.json";
+use crate::root;
+pub use crate::root::{CONFIG_PATH, StoreConfig};
 
 /// Counters a report wants from a store.
 #[derive(Debug, Clone)]
@@ -115,11 +88,8 @@ impl Store {
         meta: Arc<dyn MetaStore>,
         config: StoreConfig,
     ) -> StoreResult<Store> {
-        let config_path = DriverPath::new(CONFIG_PATH).expect("valid");
-        match driver.get(&config_path, None).await {
-            Ok(stored) => {
-                let stored: StoreConfig = serde_json::from_slice(&stored)
-                    .map_err(|e| StoreError::Corrupt(format!("{CONFIG_PATH}: {e}")))?;
+        match root::read_config(&*driver).await? {
+            Some(stored) => {
                 if stored.layout == LayoutKind::Legacy && config.layout == LayoutKind::Blobstore {
                     return Err(StoreError::Denied {
                         reason: "this root uses the legacy layout: convert it with `ocistore migrate` (in place) \
@@ -135,26 +105,18 @@ impl Store {
                         ),
                     });
                 }
-                if crate::migrate::in_progress(&*meta).await? {
+                if root::migration_in_progress(&*meta).await? {
                     return Err(StoreError::Denied {
                         reason: "an in-place migration of this root is unfinished: run `ocistore migrate` to complete it".into(),
                     });
                 }
             }
-            Err(e) if e.is_not_found() => {
-                let body = serde_json::to_vec_pretty(&config).expect("config serialises");
-                match driver
-                    .put(&config_path, body.into(), PutMode::IfAbsent)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if e.is_already_exists() => {
-                        return Box::pin(Store::open(driver, meta, config)).await;
-                    }
-                    Err(e) => return Err(e.into()),
+            None => {
+                if !root::create_config(&*driver, config).await? {
+                    // Another opener created it first: check against theirs.
+                    return Box::pin(Store::open(driver, meta, config)).await;
                 }
             }
-            Err(e) => return Err(e.into()),
         }
         let store = Store::new_unchecked(driver, meta, config);
         store.layout().recover().await?;
@@ -163,18 +125,7 @@ impl Store {
 
     /// The configuration a root was created with, if any.
     pub async fn stored_config(driver: &dyn Driver) -> StoreResult<Option<StoreConfig>> {
-        match driver
-            .get(&DriverPath::new(CONFIG_PATH).expect("valid"), None)
-            .await
-        {
-            Ok(stored) => {
-                Ok(Some(serde_json::from_slice(&stored).map_err(|e| {
-                    StoreError::Corrupt(format!("{CONFIG_PATH}: {e}"))
-                })?))
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        root::read_config(driver).await
     }
 
     fn new_unchecked(
@@ -268,13 +219,14 @@ impl Store {
 
     // --- index.json -------------------------------------------------------
 
-    pub(crate) async fn load_index(&self, repo: &RepoName) -> StoreResult<ImageIndex> {
-        let body = self.read_index(repo).await?;
+    /// index.json, parsed (`NameUnknown` if the repository has none).
+    pub(crate) async fn read_index(&self, repo: &RepoName) -> StoreResult<ImageIndex> {
+        let body = self.read_index_bytes(repo).await?;
         serde_json::from_slice(&body).map_err(|e| corrupt_index(repo, e))
     }
 
     /// index.json's bytes (`NameUnknown` if the repository has none).
-    pub(crate) async fn read_index(&self, repo: &RepoName) -> StoreResult<Bytes> {
+    pub(crate) async fn read_index_bytes(&self, repo: &RepoName) -> StoreResult<Bytes> {
         match self.driver().get(&layout::index_json(repo), None).await {
             Ok(body) => Ok(body),
             Err(e) if e.is_not_found() => Err(StoreError::NameUnknown {
@@ -284,25 +236,29 @@ impl Store {
         }
     }
 
-    /// Replaces index.json atomically (the driver's commit protocol).
-    pub(crate) async fn save_index(&self, repo: &RepoName, index: &ImageIndex) -> StoreResult<()> {
+    /// Replaces index.json with `index` atomically (the driver's commit protocol).
+    pub(crate) async fn write_index(&self, repo: &RepoName, index: &ImageIndex) -> StoreResult<()> {
         let body = serde_json::to_vec(index).expect("index serialises");
-        self.write_index(repo, body).await
+        self.write_index_bytes(repo, body).await
     }
 
-    /// [`Store::save_index`] for a removal: works on a full disk (see
+    /// [`Store::write_index`] for a removal: works on a full disk (see
     /// [`reserve`]).
-    pub(crate) async fn save_index_removing(
+    pub(crate) async fn write_index_removing(
         &self,
         repo: &RepoName,
         index: &ImageIndex,
     ) -> StoreResult<()> {
         let body = serde_json::to_vec(index).expect("index serialises");
-        self.write_index_removing(repo, body).await
+        self.write_index_bytes_removing(repo, body).await
     }
 
     /// Replaces index.json with `body`, a serialised [`ImageIndex`].
-    pub(crate) async fn write_index(&self, repo: &RepoName, body: Vec<u8>) -> StoreResult<()> {
+    pub(crate) async fn write_index_bytes(
+        &self,
+        repo: &RepoName,
+        body: Vec<u8>,
+    ) -> StoreResult<()> {
         *self
             .inner
             .generations

@@ -98,7 +98,7 @@ impl Store {
         last: Option<&str>,
     ) -> StoreResult<Vec<Tag>> {
         let _guard = self.lock(Intent::repo_read(repo)).await;
-        let index = self.load_index(repo).await?;
+        let index = self.read_index(repo).await?;
         let mut tags: Vec<Tag> = index
             .manifests
             .iter()

@@ -154,12 +154,12 @@ impl Store {
 
     /// Rewrites `repo`'s index.json for a removal (a tag or manifest delete,
     /// GC's pruning): on a full disk, the reserve is released for it.
-    pub(crate) async fn write_index_removing(
+    pub(crate) async fn write_index_bytes_removing(
         &self,
         repo: &RepoName,
         body: Vec<u8>,
     ) -> StoreResult<()> {
-        let first = self.write_index(repo, body.clone()).await;
+        let first = self.write_index_bytes(repo, body.clone()).await;
         let reserve = &self.inner.reserve;
         if !first.as_ref().is_err_and(is_no_space) || reserve.size.load(Ordering::SeqCst) == 0 {
             return first;
@@ -181,7 +181,7 @@ impl Store {
             if !self.release_reserve().await? {
                 crate::sync::sleep(std::time::Duration::from_millis(1 << attempt)).await;
             }
-            result = self.write_index(repo, body.clone()).await;
+            result = self.write_index_bytes(repo, body.clone()).await;
             if !result.as_ref().is_err_and(is_no_space) {
                 break;
             }
