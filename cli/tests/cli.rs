@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use engine::Digest;
-use engine::driver::conformance::pattern;
 use engine::oci::media;
 use serde_json::json;
+use testkit::pattern;
 
 /// The binary, pointed at one root and backend.
 struct Root {

@@ -72,7 +72,7 @@ fn blob_mib() -> usize {
 }
 
 fn source_chunk() -> Bytes {
-    engine::driver::conformance::pattern(42, CHUNK)
+    testkit::pattern(42, CHUNK)
 }
 
 fn expected_digest(chunk: &Bytes, chunks: usize) -> Digest {

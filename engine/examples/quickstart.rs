@@ -10,10 +10,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use engine::driver::{
     Driver, DriverPath, FsDriver, Instrumented, ObjectDriver, PutMode, SimDisk, SimDriver,
-    conformance::pattern,
 };
 use engine::meta::{Batch, MetaStore, RedbMeta, Table};
 use engine::{Algorithm, Digest, DigestHasher};
+use testkit::pattern;
 
 const CHUNK: usize = 1 << 20;
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use engine::driver::{
     Driver, DriverError, DriverPath, DriverResult, FsDriver, Instrumented, Latency, LatencyModel,
-    ObjectDriver, PutMode, SimDisk, SimDriver, SimFaults, conformance, conformance::pattern,
+    ObjectDriver, PutMode, SimDisk, SimDriver, SimFaults,
 };
+use testkit::{driver_conformance as conformance, pattern};
 
 #[tokio::test]
 async fn fs() {

@@ -16,7 +16,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use engine::driver::{Driver, DriverPath, FsDriver, PutMode, conformance::pattern};
+use engine::driver::{Driver, DriverPath, FsDriver, PutMode};
+use testkit::pattern;
 
 const ROOT_ENV: &str = "OCISTORE_KILL_TEST_ROOT";
 const MODE_ENV: &str = "OCISTORE_KILL_TEST_MODE";

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use engine::driver::conformance::pattern;
 use engine::driver::{Driver, DriverPath, FsDriver, Instrumented, ObjectDriver, PutMode};
 use engine::gc::GcOptions;
 use engine::meta::MemoryMeta;
@@ -18,6 +17,7 @@ use engine::store::DEFAULT_RESERVE;
 use engine::{
     LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig, StoreError, StoreResult,
 };
+use testkit::pattern;
 
 const MIB: usize = 1 << 20;
 

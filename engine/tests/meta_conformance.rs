@@ -1,6 +1,7 @@
 //! The metadata-store conformance suite against both implementations.
 
-use engine::meta::{MemoryMeta, RedbMeta, conformance};
+use engine::meta::{MemoryMeta, RedbMeta};
+use testkit::meta_conformance as conformance;
 
 #[tokio::test]
 async fn redb() {

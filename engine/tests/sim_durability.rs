@@ -15,8 +15,8 @@ use bytes::Bytes;
 use engine::driver::posix::PosixFs;
 use engine::driver::{
     Driver, DriverError, DriverPath, DriverResult, PutMode, SimDisk, SimDriver, SimFaults,
-    conformance::pattern,
 };
+use testkit::pattern;
 
 fn p(s: &str) -> DriverPath {
     DriverPath::new(s).unwrap()

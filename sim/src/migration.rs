@@ -64,17 +64,16 @@ async fn preload(store: &Store, m: &Migration, rng: &Rng) {
     let mut rng = rng.fork(0x9e10);
     let base: Vec<(Digest, Bytes)> = (0..4)
         .map(|i| {
-            let b = engine::driver::conformance::pattern(0xba5e + i, 2000 + i as usize * 500);
+            let b = testkit::pattern(0xba5e + i, 2000 + i as usize * 500);
             (Digest::sha256(&b), b)
         })
         .collect();
     for r in 0..m.preload_repos {
         let repo = RepoName::parse(&format!("legacy{r}")).expect("valid");
         for i in 0..m.preload_images {
-            let own =
-                engine::driver::conformance::pattern(rng.next(), 500 + rng.below(3000) as usize);
+            let own = testkit::pattern(rng.next(), 500 + rng.below(3000) as usize);
             let own = (Digest::sha256(&own), own);
-            let config = engine::driver::conformance::pattern(rng.next(), 100);
+            let config = testkit::pattern(rng.next(), 100);
             let config = (Digest::sha256(&config), config);
             let layers = [base[(r + i) as usize % 4].clone(), own];
             for (d, b) in std::iter::once(&config).chain(&layers) {

@@ -277,7 +277,7 @@ fn layer_size(rng: &mut Rng, dist: &LayerBytes) -> usize {
 
 /// Bytes derived from `seed` alone, so any client can rebuild a pool layer.
 fn content(seed: u64, len: usize) -> (Digest, Bytes) {
-    let data = engine::driver::conformance::pattern(seed, len);
+    let data = testkit::pattern(seed, len);
     (Digest::sha256(&data), data)
 }
 

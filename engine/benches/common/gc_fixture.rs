@@ -13,7 +13,7 @@ use engine::{Digest, LayoutKind, LockPolicy, RepoName, Store, StoreConfig};
 use serde_json::json;
 
 fn blob(seed: u64, len: usize) -> (Digest, Bytes) {
-    let b = engine::driver::conformance::pattern(seed, len);
+    let b = testkit::pattern(seed, len);
     (Digest::sha256(&b), b)
 }
 

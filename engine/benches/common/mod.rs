@@ -40,7 +40,7 @@ pub fn criterion(warm_up: Duration, measurement: Duration) -> criterion::Criteri
 
 /// A blob whose bytes are a function of `seed`.
 pub fn blob(seed: u64, len: usize) -> (Digest, Bytes) {
-    let b = engine::driver::conformance::pattern(seed, len);
+    let b = testkit::pattern(seed, len);
     (Digest::sha256(&b), b)
 }
 

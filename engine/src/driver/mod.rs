@@ -1,7 +1,8 @@
 //! Storage drivers: where blob and metadata bytes live.
 //!
 //! The [`Driver`] trait below *is* the contract; every driver must pass
-//! [`conformance`], the one suite of assertions run against all of them.
+//! `testkit::driver_conformance`, the one suite of assertions run against
+//! all of them (a crate of its own: the library does not ship it).
 //!
 //! | driver | module | backing | links / rename | durability |
 //! |---|---|---|---|---|
@@ -27,8 +28,6 @@ pub mod object;
 mod path;
 pub mod posix;
 pub mod sim;
-
-pub mod conformance;
 
 use std::fmt;
 use std::ops::Range;

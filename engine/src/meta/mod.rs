@@ -17,8 +17,6 @@
 mod memory;
 mod redb;
 
-pub mod conformance;
-
 use std::fmt;
 
 use async_trait::async_trait;

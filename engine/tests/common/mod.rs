@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use engine::driver::{
     BlobWriter, Driver, DriverPath, DriverResult, FsDriver, Intercepted, ObjectDriver, PutMode,
-    SimDisk, SimDriver, conformance::pattern,
+    SimDisk, SimDriver,
 };
 use engine::meta::MemoryMeta;
 use engine::oci::media;
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
+use testkit::pattern;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

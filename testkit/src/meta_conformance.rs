@@ -5,7 +5,7 @@
 //! that is dropping the handle and opening the file again; for the memory
 //! store, a power cut and power-on. What was committed must still be there.
 
-use super::{Batch, MetaError, MetaStore, Table};
+use engine::meta::{Batch, MetaError, MetaStore, Table};
 
 /// Runs every behaviour. `reopen(None)` must give an empty store.
 pub async fn run<S: MetaStore>(mut reopen: impl FnMut(Option<S>) -> S) {

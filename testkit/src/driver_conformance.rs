@@ -4,29 +4,17 @@
 //! Each behaviour is a `pub async fn` over `&dyn Driver` so a new backend
 //! (S3 through `object_store`, later) gets the whole contract by calling
 //! [`run`] on an empty instance. Capability gaps come from
-//! [`Driver::capabilities`], never from the backend's name. The suite ends
+//! [`Driver::capabilities`](engine::driver::Driver::capabilities), never from the backend's name. The suite ends
 //! by checking it left nothing behind.
 
 use bytes::Bytes;
 
-use super::{Driver, DriverError, DriverPath, PutMode};
+use engine::driver::{Driver, DriverError, DriverPath, PutMode};
+
+use crate::pattern;
 
 fn p(s: &str) -> DriverPath {
     DriverPath::new(s).expect("test path is valid")
-}
-
-/// Bytes that differ per `seed`, so a mix-up of two objects cannot pass.
-pub fn pattern(seed: u64, len: usize) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out.into()
 }
 
 /// Runs every behaviour against `driver`, which must start empty.

@@ -1,0 +1,28 @@
+//! # testkit: shared by the tests, benches and the simulator, never shipped
+//!
+//! - [`driver_conformance`]: one suite of assertions run against every
+//!   storage driver and wrapper (CNCF distribution's storage driver suites).
+//! - [`meta_conformance`]: the same for every metadata store, restarts included.
+//! - [`pattern`]: test data that differs per seed.
+//!
+//! The engine library carries none of this; its tests, benches and
+//! examples take it as a dev-dependency.
+
+pub mod driver_conformance;
+pub mod meta_conformance;
+
+use bytes::Bytes;
+
+/// Bytes that differ per `seed`, so a mix-up of two objects cannot pass.
+pub fn pattern(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out.into()
+}
