@@ -97,6 +97,15 @@ enum Command {
         /// Address to listen on (loopback by default; port 0 picks one).
         #[arg(long, default_value = "127.0.0.1:5000")]
         addr: std::net::SocketAddr,
+        /// Run a GC pass this often (e.g. 10m); none if absent.
+        #[arg(long, value_parser = parse_duration)]
+        gc_every: Option<std::time::Duration>,
+        /// What GC passes inside serve keep: garbage touched less than this ago.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        gc_delay: std::time::Duration,
+        /// An upload session idle this long is abandoned (never less than --gc-delay).
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        upload_timeout: std::time::Duration,
     },
 }
 
@@ -464,7 +473,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 lines.join("\n")
             });
         }
-        Command::Serve { addr } => {
+        Command::Serve {
+            addr,
+            gc_every,
+            gc_delay,
+            upload_timeout,
+        } => {
             let store = root::open(&cli.root).await?;
             let listener = server::bind(addr)
                 .await
@@ -483,9 +497,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 c.layout,
                 c.policy
             );
-            server::serve(listener, store, server::shutdown_signal())
-                .await
-                .map_err(|e| CliError::Usage(format!("serving on {local}: {e}")))?;
+            let gc = gc_every.map(|every| {
+                let opts = engine::gc::GcOptions::new(gc_delay).upload_timeout(upload_timeout);
+                tracing::info!("gc every {every:?} (delay {gc_delay:?})");
+                server::periodic_gc::spawn(store.clone(), every, opts)
+            });
+            let served = server::serve(listener, store, server::shutdown_signal()).await;
+            if let Some(gc) = gc {
+                gc.abort();
+            }
+            served.map_err(|e| CliError::Usage(format!("serving on {local}: {e}")))?;
             tracing::info!("stopped");
         }
         Command::Stats => {

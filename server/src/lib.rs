@@ -27,6 +27,7 @@
 pub mod error;
 mod handlers;
 pub mod path;
+pub mod periodic_gc;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -64,3 +64,40 @@ async fn delete_manifest_then_its_blobs() {
         0
     );
 }
+
+/// GC inside `serve` (`--gc-every`) over HTTP: an orphan blob a client just
+/// pushed survives the passes that run inside the delay, then goes; a
+/// tagged image stays throughout (DESIGN §7's delay contract).
+#[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 2)]
+async fn gc_inside_serve_keeps_the_young_and_takes_the_old() {
+    let reg = Registry::start().await;
+    let c = reg.client();
+    let (digest, _, layer, _) = push_image(&c, "gc", "v1", "kept").await;
+    let orphan = c.push_blob("gc", b"pushed, never referenced").await;
+    let delay = std::time::Duration::from_secs(1);
+    let every = std::time::Duration::from_millis(50);
+    let gc =
+        server::periodic_gc::spawn(reg.store.clone(), every, engine::gc::GcOptions::new(delay));
+    rtokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let blob = |d: &Digest| format!("/v2/gc/blobs/{d}");
+    assert_eq!(
+        c.head(&blob(&orphan)).await.status,
+        StatusCode::OK,
+        "collected inside the delay"
+    );
+    let mut gone = false;
+    for _ in 0..100 {
+        rtokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if c.head(&blob(&orphan)).await.status == StatusCode::NOT_FOUND {
+            gone = true;
+            break;
+        }
+    }
+    gc.abort();
+    assert!(gone, "the orphan was never collected");
+    assert_eq!(
+        c.get(&format!("/v2/gc/manifests/{digest}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(c.head(&blob(&layer)).await.status, StatusCode::OK);
+}
