@@ -174,3 +174,31 @@ async fn referrers_with_artifact_type_filter() {
     let r = c.get("/v2/ref/referrers/sha256:nothex").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
+
+/// HEAD is answered everywhere GET is (DESIGN §13): the same status and
+/// headers, the length of the body GET would send, and no body.
+#[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 2)]
+async fn head_wherever_get_is() {
+    let reg = Registry::start().await;
+    let c = reg.client();
+    let (digest, _, _, _) = push_image(&c, "h", "v1", "head").await;
+    for path in [
+        "/v2/_catalog".to_owned(),
+        "/v2/_catalog?n=1".to_owned(),
+        "/v2/h/tags/list".to_owned(),
+        format!("/v2/h/referrers/{digest}"),
+        "/v2/nope/tags/list".to_owned(),
+    ] {
+        let (get, head) = (c.get(&path).await, c.head(&path).await);
+        assert_eq!(head.status, get.status, "{path}");
+        assert!(head.body.is_empty(), "{path}: HEAD sent a body");
+        assert_eq!(
+            head.header("content-length"),
+            Some(get.body.len().to_string().as_str()),
+            "{path}"
+        );
+        for name in ["content-type", "link", "oci-filters-applied"] {
+            assert_eq!(head.header(name), get.header(name), "{path}: {name}");
+        }
+    }
+}

@@ -92,11 +92,16 @@ async fn route_request(store: &Store, route: Route, req: Req, body: Body) -> Api
                 Body::from("{}")
             },
         )),
-        Route::Catalog if m == Method::GET => listing::catalog(store, &req).await,
-        Route::Tags(repo) if m == Method::GET => listing::tags(store, &repo, &req).await,
-        Route::Referrers(repo, digest) if m == Method::GET => {
-            manifests::referrers(store, &repo, &digest, &req).await
+        Route::Catalog if m == Method::GET || head => {
+            bodiless_if(head, listing::catalog(store, &req).await)
         }
+        Route::Tags(repo) if m == Method::GET || head => {
+            bodiless_if(head, listing::tags(store, &repo, &req).await)
+        }
+        Route::Referrers(repo, digest) if m == Method::GET || head => bodiless_if(
+            head,
+            manifests::referrers(store, &repo, &digest, &req).await,
+        ),
         Route::Manifest(repo, reference) => match m {
             Method::GET | Method::HEAD => manifests::get(store, &repo, &reference, head).await,
             Method::PUT => manifests::put(store, &repo, &reference, &req, body).await,
@@ -118,6 +123,21 @@ async fn route_request(store: &Store, route: Route, req: Req, body: Body) -> Api
         },
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// HEAD where GET is (DESIGN §13): the GET's status and headers, with the
+/// length its body would have, and no body.
+fn bodiless_if(head: bool, result: ApiResult<Response>) -> ApiResult<Response> {
+    if !head {
+        return result;
+    }
+    let (mut parts, body) = result
+        .unwrap_or_else(IntoResponse::into_response)
+        .into_parts();
+    if let Some(len) = axum::body::HttpBody::size_hint(&body).exact() {
+        parts.headers.insert(header::CONTENT_LENGTH, len.into());
+    }
+    Ok(Response::from_parts(parts, Body::empty()))
 }
 
 /// A response with `headers` (values that are not valid header text are
