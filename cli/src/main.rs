@@ -106,6 +106,13 @@ enum Command {
         /// An upload session idle this long is abandoned (never less than --gc-delay).
         #[arg(long, default_value = "15m", value_parser = parse_duration)]
         upload_timeout: std::time::Duration,
+        /// Users and their bcrypt hashes (`htpasswd -B`); needs --access.
+        #[arg(long, requires = "access")]
+        htpasswd: Option<PathBuf>,
+        /// Who may pull or push where, one `user right prefix` rule a line
+        /// (see server/src/auth.rs); needs --htpasswd. Anonymous without both.
+        #[arg(long, requires = "htpasswd")]
+        access: Option<PathBuf>,
     },
 }
 
@@ -478,7 +485,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             gc_every,
             gc_delay,
             upload_timeout,
+            htpasswd,
+            access,
         } => {
+            let access = match (htpasswd, access) {
+                (Some(users), Some(rules)) => Some(std::sync::Arc::new(
+                    server::auth::Access::from_files(&users, &rules).map_err(CliError::Usage)?,
+                )),
+                _ => None,
+            };
             let store = root::open(&cli.root).await?;
             let listener = server::bind(addr)
                 .await
@@ -502,7 +517,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 tracing::info!("gc every {every:?} (delay {gc_delay:?})");
                 server::periodic_gc::spawn(store.clone(), every, opts)
             });
-            let served = server::serve(listener, store, server::shutdown_signal()).await;
+            let app = server::router_with(store, access);
+            let served = server::serve_router(listener, app, server::shutdown_signal()).await;
             if let Some(gc) = gc {
                 gc.abort();
             }

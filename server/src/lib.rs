@@ -24,6 +24,7 @@
 //! Upload sessions live in the engine's process memory: a restart of the
 //! server forgets them (clients get `BLOB_UPLOAD_UNKNOWN` and start over).
 
+pub mod auth;
 pub mod error;
 mod handlers;
 pub mod path;
@@ -47,10 +48,17 @@ pub const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "regis
 
 /// The application: every route, the API version header, one log line per request.
 pub fn router(store: Store) -> Router {
-    Router::new()
-        .fallback(handlers::dispatch)
-        .with_state(store)
-        .layer(middleware::from_fn(log_request))
+    router_with(store, None)
+}
+
+/// [`router`], with access control when `access` is given ([`auth`]).
+pub fn router_with(store: Store, access: Option<std::sync::Arc<auth::Access>>) -> Router {
+    let app = Router::new().fallback(handlers::dispatch).with_state(store);
+    let app = match access {
+        Some(access) => app.layer(middleware::from_fn_with_state(access, auth::enforce)),
+        None => app,
+    };
+    app.layer(middleware::from_fn(log_request))
 }
 
 /// Serves `store` on `listener` until `shutdown` completes, then lets
@@ -60,7 +68,16 @@ pub async fn serve(
     store: Store,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store))
+    serve_router(listener, router(store), shutdown).await
+}
+
+/// Serves `app` (a [`router_with`]) on `listener` until `shutdown`.
+pub async fn serve_router(
+    listener: rtokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

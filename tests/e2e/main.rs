@@ -3,6 +3,7 @@
 //! distribution-spec v1.1 (spec.md): pull, push, content discovery, content
 //! management, error cases, hostile requests, and a skopeo round trip.
 
+mod auth;
 mod discovery;
 mod hostile;
 mod management;

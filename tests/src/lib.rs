@@ -46,6 +46,27 @@ impl Registry {
     }
 
     pub async fn start_with(backend: Backend, layout: LayoutKind, policy: LockPolicy) -> Registry {
+        Registry::serve(backend, layout, policy, None).await
+    }
+
+    /// [`Registry::start`] behind access control.
+    pub async fn start_guarded(access: server::auth::Access) -> Registry {
+        let access = Some(Arc::new(access));
+        Registry::serve(
+            Backend::Fs,
+            LayoutKind::Blobstore,
+            LockPolicy::Striped,
+            access,
+        )
+        .await
+    }
+
+    async fn serve(
+        backend: Backend,
+        layout: LayoutKind,
+        policy: LockPolicy,
+        access: Option<Arc<server::auth::Access>>,
+    ) -> Registry {
         let root = tempfile::tempdir().expect("tempdir");
         let driver: Arc<dyn Driver> = match backend {
             Backend::Fs => Arc::new(FsDriver::open(root.path()).expect("fs driver")),
@@ -64,7 +85,8 @@ impl Registry {
         let (stop, stopped) = rtokio::sync::oneshot::channel();
         let served = store.clone();
         rtokio::spawn(async move {
-            server::serve(listener, served, async {
+            let app = server::router_with(served, access);
+            server::serve_router(listener, app, async {
                 let _ = stopped.await;
             })
             .await
