@@ -1,12 +1,12 @@
 //! A real client: skopeo copies an OCI layout into the registry and back,
 //! and every blob comes back byte for byte. skopeo must be installed: the
-//! test fails (never skips) without it.
+//! test fails (never skips) without it. Run on both layouts.
 
 use std::path::Path;
 use std::process::Command;
 
-use e2e::{MANIFEST, Registry};
-use engine::Digest;
+use e2e::{Backend, MANIFEST, Registry};
+use engine::{Digest, LayoutKind, LockPolicy};
 
 fn write_blob(dir: &Path, data: &[u8]) -> Digest {
     let d = Digest::sha256(data);
@@ -101,9 +101,8 @@ fn skopeo(args: &[&str]) {
     );
 }
 
-#[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 2)]
-async fn skopeo_round_trip() {
-    let reg = Registry::start().await;
+async fn skopeo_round_trip(layout: LayoutKind) {
+    let reg = Registry::start_with(Backend::Fs, layout, LockPolicy::Striped).await;
     let work = tempfile::tempdir().unwrap();
     let (src, back) = (work.path().join("src"), work.path().join("back"));
     let manifest = make_layout(&src, "v1");
@@ -142,4 +141,14 @@ async fn skopeo_round_trip() {
     }
     assert_eq!(compared, 4);
     let _ = (src_ref, back_ref, dest);
+}
+
+#[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_round_trip_legacy() {
+    skopeo_round_trip(LayoutKind::Legacy).await;
+}
+
+#[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_round_trip_blobstore() {
+    skopeo_round_trip(LayoutKind::Blobstore).await;
 }
