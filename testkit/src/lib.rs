@@ -3,6 +3,8 @@
 //! - [`driver_conformance`]: one suite of assertions run against every
 //!   storage driver and wrapper (CNCF distribution's storage driver suites).
 //! - [`meta_conformance`]: the same for every metadata store, restarts included.
+//! - [`oci`]: image manifests, indexes and referrers built from blobs;
+//!   no test writes manifest JSON by hand.
 //! - [`pattern`]: test data that differs per seed.
 //!
 //! The engine library carries none of this; its tests, benches and
@@ -10,6 +12,7 @@
 
 pub mod driver_conformance;
 pub mod meta_conformance;
+pub mod oci;
 
 use bytes::Bytes;
 
