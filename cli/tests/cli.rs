@@ -7,10 +7,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use bytes::Bytes;
 use engine::Digest;
-use engine::oci::media;
-use serde_json::json;
-use testkit::pattern;
+use testkit::{oci, pattern};
 
 /// The binary, pointed at one root and backend.
 struct Root {
@@ -51,55 +50,48 @@ impl Root {
     }
 }
 
-fn write_blob(dir: &Path, data: &[u8]) -> serde_json::Value {
-    let d = Digest::sha256(data);
-    let p = dir.join("blobs/sha256").join(&*d.hex());
+/// Writes `data` into the layout's blobs, returning it as a blob.
+fn write_blob(dir: &Path, data: impl Into<Bytes>) -> oci::Blob {
+    let blob = oci::blob(data);
+    let p = dir.join("blobs/sha256").join(&*blob.0.hex());
     fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, data).unwrap();
-    json!({"digest": d.to_string(), "size": data.len()})
+    fs::write(p, &blob.1).unwrap();
+    blob
 }
 
-fn with_media(mut d: serde_json::Value, mt: &str) -> serde_json::Value {
-    d["mediaType"] = json!(mt);
-    d
+/// Writes a manifest or index into the layout's blobs, returning its descriptor.
+fn write_doc(dir: &Path, doc: oci::Built) -> oci::Desc {
+    write_blob(dir, doc.bytes.clone());
+    doc.descriptor()
 }
 
 /// An OCI layout with a two-platform index tagged `v1` and an image tagged `solo`.
 fn source_layout(dir: &Path) -> String {
     fs::create_dir_all(dir).unwrap();
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let shared = write_blob(dir, &pattern(1, 300_000));
+    let shared = write_blob(dir, pattern(1, 300_000));
     let image = |seed: u64, arch: &str| {
-        let config = write_blob(dir, format!(r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}}}}"#).as_bytes());
-        let own = write_blob(dir, &pattern(seed, 9_000_000));
-        let m = json!({
-            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
-            "config": with_media(config, media::OCI_CONFIG),
-            "layers": [with_media(shared.clone(), media::OCI_LAYER), with_media(own, media::OCI_LAYER)],
-        });
-        with_media(
-            write_blob(dir, &serde_json::to_vec(&m).unwrap()),
-            media::OCI_MANIFEST,
+        let config = write_blob(
+            dir,
+            format!(
+                r#"{{"architecture":"{arch}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+            ),
+        );
+        let own = write_blob(dir, pattern(seed, 9_000_000));
+        write_doc(
+            dir,
+            oci::Image::new(&config, &[shared.clone(), own]).build(),
         )
     };
     let (amd, arm, solo) = (image(2, "amd64"), image(3, "arm64"), image(4, "amd64"));
-    let mut amd_p = amd.clone();
-    amd_p["platform"] = json!({"architecture": "amd64", "os": "linux"});
-    let mut arm_p = arm.clone();
-    arm_p["platform"] = json!({"architecture": "arm64", "os": "linux"});
-    let index =
-        json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [amd_p, arm_p]});
-    let index_desc = with_media(
-        write_blob(dir, &serde_json::to_vec(&index).unwrap()),
-        media::OCI_INDEX,
-    );
-    let tagged = |mut d: serde_json::Value, t: &str| {
-        d["annotations"] = json!({"org.opencontainers.image.ref.name": t});
-        d
-    };
-    let top = json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [tagged(index_desc.clone(), "v1"), tagged(solo, "solo")]});
-    fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
-    index_desc["digest"].as_str().unwrap().to_owned()
+    let index = oci::Index::new(vec![
+        amd.platform("amd64", "linux"),
+        arm.platform("arm64", "linux"),
+    ]);
+    let index_desc = write_doc(dir, index.build());
+    let top = oci::Index::new(vec![index_desc.clone().tagged("v1"), solo.tagged("solo")]);
+    fs::write(dir.join("index.json"), top.build().bytes).unwrap();
+    index_desc.digest.to_string()
 }
 
 fn skopeo(args: &[&str]) -> Output {

@@ -7,10 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use engine::Digest;
-use engine::oci::media;
-use serde_json::json;
-use testkit::pattern;
+use testkit::{oci, pattern};
 
 /// A tmpfs mounted for this test, unmounted on drop.
 struct Tmpfs {
@@ -63,25 +60,25 @@ fn ok(root: &Path, args: &[&str]) -> String {
 
 /// An OCI layout holding one image tagged `v1` with a `layer_bytes` layer.
 fn layout(dir: &Path, seed: u64, layer_bytes: usize) -> PathBuf {
-    let blob = |data: &[u8], mt: &str| {
-        let d = Digest::sha256(data);
-        let p = dir.join("blobs/sha256").join(&*d.hex());
+    let write = |blob: &oci::Blob| {
+        let p = dir.join("blobs/sha256").join(&*blob.0.hex());
         fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, data).unwrap();
-        json!({"mediaType": mt, "digest": d.to_string(), "size": data.len()})
+        fs::write(p, &blob.1).unwrap();
     };
     fs::create_dir_all(dir).unwrap();
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let config = blob(
-        format!(r#"{{"seed":{seed}}}"#).as_bytes(),
-        media::OCI_CONFIG,
-    );
-    let layer = blob(&pattern(seed, layer_bytes), media::OCI_LAYER);
-    let manifest = json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": config, "layers": [layer]});
-    let mut desc = blob(&serde_json::to_vec(&manifest).unwrap(), media::OCI_MANIFEST);
-    desc["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
-    let index = json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [desc]});
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    let config = oci::blob(format!(r#"{{"seed":{seed}}}"#));
+    let layer = oci::blob(pattern(seed, layer_bytes));
+    let manifest = oci::Image::new(&config, std::slice::from_ref(&layer)).build();
+    for b in [
+        &config,
+        &layer,
+        &(manifest.digest.clone(), manifest.bytes.clone()),
+    ] {
+        write(b);
+    }
+    let index = oci::Index::new(vec![manifest.descriptor().tagged("v1")]).build();
+    fs::write(dir.join("index.json"), index.bytes).unwrap();
     dir.to_owned()
 }
 

@@ -30,7 +30,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::{POLICIES, blob, median, quantile};
 use criterion::{BenchmarkId, SamplingMode, Throughput};
 use engine::gc::GcOptions;
@@ -101,17 +100,12 @@ async fn pushes(store: &Store, tag: &str, count: u64) -> Vec<Duration> {
         let started = Instant::now();
         store.push_blob(&repo, &cd, cb.clone()).await.unwrap();
         store.push_blob(&repo, &ld, lb.clone()).await.unwrap();
-        let body = json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
-            "config": {"mediaType": media::OCI_CONFIG, "digest": cd.to_string(), "size": cb.len()},
-            "layers": [{"mediaType": media::OCI_LAYER, "digest": ld.to_string(), "size": lb.len()}]});
+        let body = testkit::oci::Image::new(&(cd, cb), &[(ld, lb)])
+            .build()
+            .bytes;
         let r = Reference::parse(&format!("{tag}{}", i % 5)).unwrap();
         store
-            .put_manifest(
-                &repo,
-                &r,
-                media::OCI_MANIFEST,
-                Bytes::from(body.to_string()),
-            )
+            .put_manifest(&repo, &r, media::OCI_MANIFEST, body)
             .await
             .unwrap();
         out.push(started.elapsed());

@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::blob;
 use criterion::{BatchSize, BenchmarkId, Throughput};
 use engine::driver::{Driver, ObjectDriver, SimDisk, SimDriver};
@@ -69,10 +68,9 @@ async fn legacy(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>, repos: u64) -
                 store.push_blob(&repo, d, b.clone()).await.unwrap();
                 unique.insert(d.clone(), b.len() as u64);
             }
-            let desc = |mt: &str, (d, b): &(Digest, Bytes)| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
-            let body = json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": desc(media::OCI_CONFIG, &blobs[0]),
-                "layers": blobs[1..].iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>()});
-            let body = Bytes::from(body.to_string());
+            let body = testkit::oci::Image::new(&blobs[0], &blobs[1..])
+                .build()
+                .bytes;
             unique.insert(Digest::sha256(&body), body.len() as u64);
             store
                 .put_manifest(

@@ -13,6 +13,7 @@ use engine::gc::{GcKind, GcOptions};
 use engine::oci::media;
 use engine::store::FindingKind;
 use engine::{ErrorCode, LayoutKind, LockPolicy, Reference};
+use testkit::oci;
 
 const NOW: GcOptions = GcOptions::new(Duration::ZERO);
 const HOUR: GcOptions = GcOptions::new(Duration::from_secs(3600));
@@ -177,21 +178,18 @@ async fn nested_index_dag_is_kept(h: &Harness) {
     .await
     .unwrap();
     // An index of (an index, an image), tagged: everything below is reachable.
-    let outer = serde_json::json!({
-        "schemaVersion": 2, "mediaType": media::OCI_INDEX,
-        "manifests": [
-            {"mediaType": media::OCI_INDEX, "digest": inner.to_string(), "size": inner_body.len()},
-            {"mediaType": media::OCI_MANIFEST, "digest": extra.digest.to_string(), "size": extra.manifest.len()},
-        ],
-    });
-    s.put_manifest(
-        &r,
-        &tag("all"),
-        media::OCI_INDEX,
-        Bytes::from(serde_json::to_vec(&outer).unwrap()),
-    )
-    .await
-    .unwrap();
+    let outer = oci::Index::new(vec![
+        oci::Desc::new(media::OCI_INDEX, inner.clone(), inner_body.len()),
+        oci::Desc::new(
+            media::OCI_MANIFEST,
+            extra.digest.clone(),
+            extra.manifest.len(),
+        ),
+    ])
+    .build();
+    s.put_manifest(&r, &tag("all"), media::OCI_INDEX, outer.bytes)
+        .await
+        .unwrap();
     let report = s.gc(NOW).await.unwrap();
     assert!(
         report.items.is_empty(),

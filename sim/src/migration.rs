@@ -13,7 +13,6 @@ use engine::migrate::migrate_in_place;
 use engine::oci::media;
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig, Tag};
 use serde::Serialize;
-use serde_json::json;
 
 use crate::checker::Checker;
 use crate::faults::FaultPlan;
@@ -79,17 +78,10 @@ async fn preload(store: &Store, m: &Migration, rng: &Rng) {
             for (d, b) in std::iter::once(&config).chain(&layers) {
                 store.push_blob(&repo, d, b.clone()).await.expect("preload");
             }
-            let desc = |mt: &str, (d, b): &(Digest, Bytes)| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
-            let body = json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": desc(media::OCI_CONFIG, &config),
-                "layers": layers.iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>()});
+            let body = testkit::oci::Image::new(&config, &layers).build().bytes;
             let tag = Reference::Tag(Tag::parse(&format!("v{i}")).expect("valid"));
             store
-                .put_manifest(
-                    &repo,
-                    &tag,
-                    media::OCI_MANIFEST,
-                    Bytes::from(body.to_string()),
-                )
+                .put_manifest(&repo, &tag, media::OCI_MANIFEST, body)
                 .await
                 .expect("preload");
         }

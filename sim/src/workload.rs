@@ -23,7 +23,7 @@ use bytes::Bytes;
 use engine::oci::media;
 use engine::{Digest, ErrorCode, Reference, RepoName, Store, Tag};
 use hdrhistogram::Histogram;
-use serde_json::json;
+use testkit::oci;
 
 use crate::checker::{Acked, Checker, blobs_of};
 use crate::rng::Rng;
@@ -306,36 +306,20 @@ impl Shared {
                 blobs.push(content(rng.next(), len));
             }
         }
-        let manifest = json!({
-            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
-            "config": desc(media::OCI_CONFIG, &blobs[0]),
-            "layers": blobs[1..].iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>(),
-        });
-        (
-            blobs,
-            Bytes::from(serde_json::to_vec(&manifest).expect("json")),
-        )
+        let manifest = oci::Image::new(&blobs[0], &blobs[1..]).build().bytes;
+        (blobs, manifest)
     }
-}
-
-fn desc(media_type: &str, (d, b): &(Digest, Bytes)) -> serde_json::Value {
-    json!({"mediaType": media_type, "digest": d.to_string(), "size": b.len()})
 }
 
 /// An OCI index over `children` (image manifests), one platform each.
 fn index_over(children: &[(Digest, Bytes)]) -> Bytes {
     const ARCHES: [&str; 4] = ["amd64", "arm64", "s390x", "ppc64le"];
-    let manifests: Vec<_> = children
+    let manifests = children
         .iter()
         .zip(ARCHES.iter().cycle())
-        .map(|(c, arch)| {
-            let mut d = desc(media::OCI_MANIFEST, c);
-            d["platform"] = json!({"architecture": arch, "os": "linux"});
-            d
-        })
+        .map(|(c, arch)| oci::Desc::of(media::OCI_MANIFEST, c).platform(arch, "linux"))
         .collect();
-    let index = json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests});
-    Bytes::from(serde_json::to_vec(&index).expect("json"))
+    oci::Index::new(manifests).build().bytes
 }
 
 /// A signature artifact over `subject`: the empty config, one small layer.
@@ -343,20 +327,10 @@ fn signature_of(
     subject: (&str, &Digest, usize),
     signature: &(Digest, Bytes),
 ) -> (Vec<(Digest, Bytes)>, Bytes) {
-    let empty = Bytes::from_static(b"{}");
-    let config = (Digest::sha256(&empty), empty);
     let (media_type, digest, size) = subject;
-    let manifest = json!({
-        "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
-        "artifactType": "application/vnd.example.signature",
-        "config": desc(media::OCI_EMPTY, &config),
-        "layers": [desc("application/vnd.example.signature.v1", signature)],
-        "subject": {"mediaType": media_type, "digest": digest.to_string(), "size": size},
-    });
-    (
-        vec![config, signature.clone()],
-        Bytes::from(serde_json::to_vec(&manifest).expect("json")),
-    )
+    let subject = oci::Desc::new(media_type, digest.clone(), size);
+    let (blobs, manifest) = oci::signature(subject, signature);
+    (blobs, manifest.bytes)
 }
 
 fn now() -> tokio::time::Instant {

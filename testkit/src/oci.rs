@@ -145,7 +145,10 @@ impl Image {
     pub fn new(config: &Blob, layers: &[Blob]) -> Image {
         Image::from_descriptors(
             Desc::of(media::OCI_CONFIG, config),
-            layers.iter().map(|l| Desc::of(media::OCI_LAYER, l)).collect(),
+            layers
+                .iter()
+                .map(|l| Desc::of(media::OCI_LAYER, l))
+                .collect(),
         )
     }
 
@@ -285,6 +288,46 @@ mod tests {
                 media::OCI_MANIFEST
             )),
             "{text}"
+        );
+    }
+
+    /// The same bytes as the `json!` manifests the simulator wrote before
+    /// (its seeds' hashes were recorded over those): image, index, signature.
+    #[test]
+    fn bytes_match_the_json_macro() {
+        use serde_json::json;
+        let desc = |mt: &str, (d, b): &Blob| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
+        let bytes = |v: serde_json::Value| Bytes::from(serde_json::to_vec(&v).unwrap());
+        let blobs: Vec<Blob> = (0..3)
+            .map(|i| blob(crate::pattern(i, 100 + i as usize)))
+            .collect();
+        let image = Image::new(&blobs[0], &blobs[1..]).build();
+        assert_eq!(
+            image.bytes,
+            bytes(json!({
+                "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+                "config": desc(media::OCI_CONFIG, &blobs[0]),
+                "layers": blobs[1..].iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>(),
+            }))
+        );
+        let child = (image.digest.clone(), image.bytes.clone());
+        let mut d = desc(media::OCI_MANIFEST, &child);
+        d["platform"] = json!({"architecture": "s390x", "os": "linux"});
+        let index = Index::new(vec![image.descriptor().platform("s390x", "linux")]).build();
+        assert_eq!(
+            index.bytes,
+            bytes(json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [d]}))
+        );
+        let (_, sig) = signature(image.descriptor(), &blobs[2]);
+        assert_eq!(
+            sig.bytes,
+            bytes(json!({
+                "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+                "artifactType": SIGNATURE_TYPE,
+                "config": desc(media::OCI_EMPTY, &blob(&b"{}"[..])),
+                "layers": [desc(SIGNATURE_LAYER, &blobs[2])],
+                "subject": {"mediaType": media::OCI_MANIFEST, "digest": image.digest.to_string(), "size": image.bytes.len()},
+            }))
         );
     }
 }

@@ -95,25 +95,21 @@ async fn referrers_with_artifact_type_filter() {
     let c = reg.client();
     let (subject, _, _, _) = push_image(&c, "ref", "v1", "subject").await;
     let cd = c.push_blob("ref", b"{}").await;
-    let with_subject = |extra: serde_json::Value| {
-        let mut extra = extra;
-        extra["subject"] =
-            serde_json::json!({"mediaType": MANIFEST, "digest": subject.to_string(), "size": 1});
-        extra
-    };
     // One with artifactType, one typed by its config, one index without a type.
-    let sbom = image_manifest(
-        (&cd, 2),
-        &[],
-        with_subject(
-            serde_json::json!({"artifactType": "application/vnd.example.sbom", "annotations": {"k": "v"}}),
-        ),
-    );
-    let sig = image_manifest((&cd, 2), &[], with_subject(serde_json::json!({})));
-    let index = serde_json::to_vec(&with_subject(serde_json::json!({
-        "schemaVersion": 2, "mediaType": INDEX, "manifests": []
-    })))
-    .unwrap();
+    let sbom = image_manifest((&cd, 2), &[])
+        .artifact_type("application/vnd.example.sbom")
+        .annotation("k", "v")
+        .subject(e2e::subject(&subject))
+        .build()
+        .bytes;
+    let sig = image_manifest((&cd, 2), &[])
+        .subject(e2e::subject(&subject))
+        .build()
+        .bytes;
+    let index = testkit::oci::Index::new(vec![])
+        .subject(e2e::subject(&subject))
+        .build()
+        .bytes;
     for (mt, body) in [(MANIFEST, &sbom), (MANIFEST, &sig), (INDEX, &index)] {
         let r = c
             .put_manifest("ref", &Digest::sha256(body).to_string(), mt, body)

@@ -282,7 +282,7 @@ async fn oversized_and_malformed_manifests() {
         assert!(r.status.is_client_error(), "{name}: {r:?}");
         assert!(r.error_code().is_some(), "{name}: a spec error body");
     }
-    let m = image_manifest((&cd, 2), &[], serde_json::json!({}));
+    let m = image_manifest((&cd, 2), &[]).build().bytes;
     for reference in ["../../x", "..", "%2e%2e"] {
         let r = c.put_manifest("m", reference, MANIFEST, &m).await;
         assert!(

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use e2e::{Client, DOCKER_MANIFEST, MANIFEST, Registry, image_manifest, push_image};
 use engine::Digest;
 use hyper::{Method, StatusCode};
+use testkit::oci::{Desc, Image};
 
 async fn start_session(c: &Client, repo: &str) -> String {
     let r = c
@@ -359,18 +360,17 @@ async fn push_manifest_with_tag_params_subject_and_docker_type() {
     let c = reg.client();
     let (subject, _, _, _) = push_image(&c, "m", "base", "s").await;
     let cd = c.push_blob("m", b"{}").await;
-    let referrer = image_manifest(
-        (&cd, 2),
-        &[],
-        serde_json::json!({"subject": {"mediaType": MANIFEST, "digest": subject.to_string(), "size": 1}}),
-    );
+    let referrer = image_manifest((&cd, 2), &[])
+        .subject(e2e::subject(&subject))
+        .build()
+        .bytes;
     let rd = Digest::sha256(&referrer);
     let r = c
         .send(
             Method::PUT,
             &format!("/v2/m/manifests/{rd}?tag=t1&tag=t2"),
             &[("content-type", MANIFEST)],
-            Bytes::from(referrer.clone()),
+            referrer.clone(),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
@@ -393,17 +393,26 @@ async fn push_manifest_with_tag_params_subject_and_docker_type() {
     for t in ["t1", "t2"] {
         assert_eq!(
             c.get(&format!("/v2/m/manifests/{t}")).await.body,
-            Bytes::from(referrer.clone())
+            referrer.clone()
         );
     }
     // A Docker v2 manifest is accepted and served with its own type.
     let layer = c.push_blob("m", b"docker layer").await;
-    let docker = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cd.to_string(), "size": 2},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": layer.to_string(), "size": 12}]
-    }))
-    .unwrap();
+    let docker = Image::from_descriptors(
+        Desc::new(
+            "application/vnd.docker.container.image.v1+json",
+            cd.clone(),
+            2,
+        ),
+        vec![Desc::new(
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            layer.clone(),
+            12,
+        )],
+    )
+    .media_type(DOCKER_MANIFEST)
+    .build()
+    .bytes;
     let r = c
         .put_manifest("m", "docker", DOCKER_MANIFEST, &docker)
         .await;
@@ -420,7 +429,7 @@ async fn manifest_errors() {
     let c = reg.client();
     let cd = c.push_blob("e", b"{}").await;
     let missing = Digest::sha256(b"missing layer");
-    let m = image_manifest((&cd, 2), &[(&missing, 13)], serde_json::json!({}));
+    let m = image_manifest((&cd, 2), &[(&missing, 13)]).build().bytes;
     let r = c.put_manifest("e", "v1", MANIFEST, &m).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_code().as_deref(), Some("MANIFEST_BLOB_UNKNOWN"));
@@ -434,19 +443,17 @@ async fn manifest_errors() {
         assert_eq!(r.error_code().as_deref(), Some("MANIFEST_INVALID"), "{ct}");
     }
     // By digest, the body must hash to it.
-    let good = image_manifest((&cd, 2), &[], serde_json::json!({}));
+    let good = image_manifest((&cd, 2), &[]).build().bytes;
     let r = c
         .put_manifest("e", &Digest::sha256(b"other").to_string(), MANIFEST, &good)
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_code().as_deref(), Some("DIGEST_INVALID"));
     // Over 4 MiB: 413, nothing stored.
-    let mut big = image_manifest(
-        (&cd, 2),
-        &[],
-        serde_json::json!({"annotations": {"pad": "x".repeat(4 << 20)}}),
-    );
-    big.truncate(big.len());
+    let big = image_manifest((&cd, 2), &[])
+        .annotation("pad", &"x".repeat(4 << 20))
+        .build()
+        .bytes;
     let r = c.put_manifest("e", "big", MANIFEST, &big).await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
@@ -459,11 +466,10 @@ async fn manifest_errors() {
     );
     // Just under the limit is accepted.
     let pad = (4 << 20) - good.len() - 64;
-    let near = image_manifest(
-        (&cd, 2),
-        &[],
-        serde_json::json!({"annotations": {"pad": "y".repeat(pad)}}),
-    );
+    let near = image_manifest((&cd, 2), &[])
+        .annotation("pad", &"y".repeat(pad))
+        .build()
+        .bytes;
     assert!(near.len() <= 4 << 20);
     let r = c.put_manifest("e", "near", MANIFEST, &near).await;
     assert_eq!(r.status, StatusCode::CREATED, "{} bytes: {r:?}", near.len());

@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use e2e::{Backend, MANIFEST, Registry};
+use e2e::{Backend, Registry, image_manifest};
 use engine::{Digest, LayoutKind, LockPolicy};
+use testkit::oci;
 
 fn write_blob(dir: &Path, data: &[u8]) -> Digest {
     let d = Digest::sha256(data);
@@ -66,22 +67,14 @@ fn make_layout(dir: &Path, tag: &str) -> Digest {
     let cd = write_blob(dir, config);
     let l1 = write_blob(dir, &layer1);
     let l2 = write_blob(dir, &layer2);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l1.to_string(), "size": layer1.len()},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l2.to_string(), "size": layer2.len()},
-        ]
-    }))
-    .unwrap();
-    let md = write_blob(dir, &manifest);
-    let index = serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{"mediaType": MANIFEST, "digest": md.to_string(), "size": manifest.len(),
-                       "annotations": {"org.opencontainers.image.ref.name": tag}}]
-    });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    let manifest = image_manifest(
+        (&cd, config.len()),
+        &[(&l1, layer1.len()), (&l2, layer2.len())],
+    )
+    .build();
+    let md = write_blob(dir, &manifest.bytes);
+    let index = oci::Index::new(vec![manifest.descriptor().tagged(tag)]).build();
+    std::fs::write(dir.join("index.json"), &index.bytes).unwrap();
     md
 }
 

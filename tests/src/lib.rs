@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use engine::driver::{Driver, FsDriver, ObjectDriver};
 use engine::meta::RedbMeta;
+use engine::oci::media;
 use engine::{Digest, LayoutKind, LockPolicy, Store, StoreConfig};
 use futures_util::Stream;
 use http_body_util::combinators::BoxBody;
@@ -22,6 +23,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rtokio::io::{AsyncReadExt, AsyncWriteExt};
+use testkit::oci;
 
 /// Which driver the served root uses.
 #[derive(Debug, Clone, Copy)]
@@ -286,26 +288,22 @@ pub async fn raw_with(addr: SocketAddr, request: &[u8], half_close: bool) -> (u1
     (status, text)
 }
 
-/// An image manifest over `config` and `layers` (JSON bytes).
-pub fn image_manifest(
-    config: (&Digest, usize),
-    layers: &[(&Digest, usize)],
-    extra: serde_json::Value,
-) -> Vec<u8> {
-    let mut m = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0.to_string(), "size": config.1},
-        "layers": layers.iter().map(|(d, n)| serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d.to_string(), "size": n
-        })).collect::<Vec<_>>(),
-    });
-    if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            m.insert(k.clone(), v.clone());
-        }
-    }
-    serde_json::to_vec(&m).unwrap()
+/// An OCI image manifest over `config` and `layers` (sizes given, blobs
+/// pushed or not): add a subject, an artifact type or annotations, then
+/// `.build()`.
+pub fn image_manifest(config: (&Digest, usize), layers: &[(&Digest, usize)]) -> oci::Image {
+    oci::Image::from_descriptors(
+        oci::Desc::new(media::OCI_CONFIG, config.0.clone(), config.1),
+        layers
+            .iter()
+            .map(|(d, n)| oci::Desc::new(media::OCI_LAYER, (*d).clone(), *n))
+            .collect(),
+    )
+}
+
+/// What a referrer's `subject` says of a manifest known only by digest.
+pub fn subject(digest: &Digest) -> oci::Desc {
+    oci::Desc::new(MANIFEST, digest.clone(), 1)
 }
 
 pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -324,11 +322,10 @@ pub async fn push_image(
     let layer = format!("layer of {seed}").repeat(100).into_bytes();
     let cd = c.push_blob(repo, &config).await;
     let ld = c.push_blob(repo, &layer).await;
-    let manifest = image_manifest(
-        (&cd, config.len()),
-        &[(&ld, layer.len())],
-        serde_json::json!({}),
-    );
+    let manifest = image_manifest((&cd, config.len()), &[(&ld, layer.len())])
+        .build()
+        .bytes
+        .to_vec();
     let r = c.put_manifest(repo, tag, MANIFEST, &manifest).await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
     (Digest::sha256(&manifest), manifest, ld, layer)

@@ -10,7 +10,6 @@ use engine::driver::{Driver, DriverPath, Latency, LatencyModel, ObjectDriver, Pu
 use engine::meta::MemoryMeta;
 use engine::oci::{Descriptor, ImageIndex, REF_NAME, media};
 use engine::{Digest, LayoutKind, LockPolicy, RepoName, Store, StoreConfig};
-use serde_json::json;
 
 fn blob(seed: u64, len: usize) -> (Digest, Bytes) {
     let b = testkit::pattern(seed, len);
@@ -49,10 +48,8 @@ pub async fn build(n: usize, per_call: Duration, policy: LockPolicy) -> Store {
             &layers[(i % 20) as usize],
             &layers[((i * 7 + 3) % 20) as usize],
         ];
-        let desc = |mt: &str, (d, b): &(Digest, Bytes)| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
-        let body = json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST, "config": desc(media::OCI_CONFIG, &config),
-            "layers": picked.iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>()});
-        let body = Bytes::from(body.to_string());
+        let picked = picked.map(Clone::clone);
+        let body = testkit::oci::Image::new(&config, &picked).build().bytes;
         let d = Digest::sha256(&body);
         store.push_blob(&repo, &d, body.clone()).await.unwrap();
         let mut annotations = std::collections::BTreeMap::new();

@@ -14,7 +14,6 @@ use engine::driver::{Driver, FsDriver, Latency, LatencyModel, ObjectDriver};
 use engine::meta::{MemoryMeta, MetaStore, RedbMeta};
 use engine::oci::media;
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
-use serde_json::json;
 
 pub mod gc_fixture;
 
@@ -53,18 +52,10 @@ pub struct Image {
 
 impl Image {
     pub fn new(config: (Digest, Bytes), layers: Vec<(Digest, Bytes)>) -> Image {
-        let desc = |mt: &str, (d, b): &(Digest, Bytes)| json!({"mediaType": mt, "digest": d.to_string(), "size": b.len()});
-        let m = json!({
-            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
-            "config": desc(media::OCI_CONFIG, &config),
-            "layers": layers.iter().map(|l| desc(media::OCI_LAYER, l)).collect::<Vec<_>>(),
-        });
+        let manifest = testkit::oci::Image::new(&config, &layers).build().bytes;
         let mut blobs = vec![config];
         blobs.extend(layers);
-        Image {
-            blobs,
-            manifest: serde_json::to_vec(&m).expect("json").into(),
-        }
+        Image { blobs, manifest }
     }
 
     pub fn manifest_digest(&self) -> Digest {

@@ -14,7 +14,7 @@ use engine::driver::{
 use engine::meta::MemoryMeta;
 use engine::oci::media;
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
-use testkit::pattern;
+use testkit::{oci, pattern};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -218,34 +218,25 @@ pub struct Image {
     pub digest: Digest,
 }
 
-pub fn descriptor(media_type: &str, (d, data): &(Digest, Bytes)) -> serde_json::Value {
-    serde_json::json!({"mediaType": media_type, "digest": d.to_string(), "size": data.len()})
-}
-
 pub fn image_with(
     config: (Digest, Bytes),
     layers: Vec<(Digest, Bytes)>,
     subject: Option<&Digest>,
     artifact_type: Option<&str>,
 ) -> Image {
-    let mut m = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "config": descriptor(media::OCI_CONFIG, &config),
-        "layers": layers.iter().map(|l| descriptor(media::OCI_LAYER, l)).collect::<Vec<_>>(),
-    });
+    let mut m = oci::Image::new(&config, &layers);
     if let Some(s) = subject {
-        m["subject"] = serde_json::json!({"mediaType": media::OCI_MANIFEST, "digest": s.to_string(), "size": 1});
+        m = m.subject(oci::Desc::new(media::OCI_MANIFEST, s.clone(), 1));
     }
     if let Some(at) = artifact_type {
-        m["artifactType"] = serde_json::json!(at);
+        m = m.artifact_type(at);
     }
-    let manifest = Bytes::from(serde_json::to_vec(&m).unwrap());
+    let built = m.build();
     Image {
-        digest: Digest::sha256(&manifest),
+        digest: built.digest,
         config,
         layers,
-        manifest,
+        manifest: built.bytes,
     }
 }
 
@@ -275,16 +266,17 @@ pub async fn push_image(store: &Store, r: &RepoName, img: &Image, t: Option<&str
 
 /// An OCI index over `children` (pushed by digest already).
 pub fn index_of(children: &[&Image]) -> (Digest, Bytes) {
-    let m = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_INDEX,
-        "manifests": children.iter().map(|c| serde_json::json!({
-            "mediaType": media::OCI_MANIFEST, "digest": c.digest.to_string(), "size": c.manifest.len(),
-            "platform": {"architecture": "amd64", "os": "linux"},
-        })).collect::<Vec<_>>(),
-    });
-    let body = Bytes::from(serde_json::to_vec(&m).unwrap());
-    (Digest::sha256(&body), body)
+    let built = oci::Index::new(
+        children
+            .iter()
+            .map(|c| {
+                oci::Desc::new(media::OCI_MANIFEST, c.digest.clone(), c.manifest.len())
+                    .platform("amd64", "linux")
+            })
+            .collect(),
+    )
+    .build();
+    (built.digest, built.bytes)
 }
 
 /// fsck must find no error.
