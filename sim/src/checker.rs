@@ -526,6 +526,7 @@ mod tests {
     use engine::meta::MemoryMeta;
     use engine::oci::media;
     use engine::{LayoutKind, LockPolicy, StoreConfig};
+    use testkit::oci;
 
     use super::*;
 
@@ -553,10 +554,9 @@ mod tests {
         let repo = RepoName::parse("r").unwrap();
         let (orphan, config_blob) = (Bytes::from_static(b"orphan"), Bytes::from_static(b"{}"));
         let (od, cd) = (Digest::sha256(&orphan), Digest::sha256(&config_blob));
-        let body = Bytes::from(format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"a/b","digest":"{cd}","size":2}},"layers":[]}}"#,
-            media::OCI_MANIFEST
-        ));
+        let body = oci::Image::from_descriptors(oci::Desc::new("a/b", cd.clone(), 2), vec![])
+            .build()
+            .bytes;
         let checker = Checker::with_touches();
         let sent = tokio::time::Instant::now();
         store.push_blob(&repo, &od, orphan).await.unwrap();
@@ -716,11 +716,12 @@ mod tests {
         let (repo, other) = (RepoName::parse("r").unwrap(), RepoName::parse("s").unwrap());
         let layer = Bytes::from_static(b"layer bytes");
         let (ld, cd) = (Digest::sha256(&layer), Digest::sha256(b"{}"));
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"a/b","digest":"{cd}","size":2}},"layers":[{{"mediaType":"a/b","digest":"{ld}","size":{}}}]}}"#,
-            media::OCI_MANIFEST,
-            layer.len()
-        );
+        let body = oci::Image::from_descriptors(
+            oci::Desc::new("a/b", cd.clone(), 2),
+            vec![oci::Desc::new("a/b", ld.clone(), layer.len())],
+        )
+        .build()
+        .bytes;
         let checker = Checker::default();
         for r in [&repo, &other] {
             store.push_blob(r, &ld, layer.clone()).await.unwrap();
@@ -729,17 +730,12 @@ mod tests {
                 .await
                 .unwrap();
             let acked = Acked {
-                digest: Digest::sha256(body.as_bytes()),
-                blobs: blobs_of(media::OCI_MANIFEST, body.as_bytes()),
+                digest: Digest::sha256(&body),
+                blobs: blobs_of(media::OCI_MANIFEST, &body),
             };
             let write = checker.begin(r, "v1", Some(acked));
             store
-                .put_manifest(
-                    r,
-                    &tag_ref("v1"),
-                    media::OCI_MANIFEST,
-                    Bytes::from(body.clone()),
-                )
+                .put_manifest(r, &tag_ref("v1"), media::OCI_MANIFEST, body.clone())
                 .await
                 .unwrap();
             checker.ack(r, "v1", write);
