@@ -7,36 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use testkit::{oci, pattern};
-
-/// A tmpfs mounted for this test, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(bytes: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run mount(8): {e}"));
-        assert!(
-            out.status.success(),
-            "this test needs a real full disk: it mounts a {bytes}-byte tmpfs, which needs \
-             root (or CAP_SYS_ADMIN) and mount(8): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Tmpfs { dir }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
+use testkit::{Tmpfs, oci, pattern};
 
 fn ocistore(root: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ocistore"))
@@ -85,7 +56,7 @@ fn layout(dir: &Path, seed: u64, layer_bytes: usize) -> PathBuf {
 #[test]
 fn rm_and_gc_work_on_a_completely_full_disk_and_imports_resume() {
     let disk = Tmpfs::mount(8 << 20);
-    let root = disk.dir.path().join("root");
+    let root = disk.path().join("root");
     let sources = tempfile::tempdir().unwrap();
     ok(&root, &["init"]);
 
@@ -110,12 +81,12 @@ fn rm_and_gc_work_on_a_completely_full_disk_and_imports_resume() {
     assert!(imported >= 3, "only {imported} imports before: {refusal}");
     assert!(refusal.contains("no space"), "{refusal}");
     // What the refused import left free, taken too: 0 bytes free.
-    let filler = disk.dir.path().join("filler");
+    let filler = disk.path().join("filler");
     let mut f = fs::File::create(&filler).unwrap();
     let chunk = vec![0u8; 4096];
     while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
     drop(f);
-    let probe = fs::write(disk.dir.path().join("probe"), b"x");
+    let probe = fs::write(disk.path().join("probe"), b"x");
     assert!(probe.is_err(), "the disk still takes a byte");
 
     // Removals on the full disk: a tag, then GC of what it leaves.

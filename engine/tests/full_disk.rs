@@ -17,6 +17,7 @@ use engine::store::DEFAULT_RESERVE;
 use engine::{
     LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig, StoreError, StoreResult,
 };
+use testkit::Tmpfs;
 use testkit::pattern;
 
 const MIB: usize = 1 << 20;

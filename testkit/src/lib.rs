@@ -6,6 +6,7 @@
 //! - [`oci`]: image manifests, indexes and referrers built from blobs;
 //!   no test writes manifest JSON by hand.
 //! - [`pattern`]: test data that differs per seed.
+//! - [`Tmpfs`]: a small real file system that fills up, for full-disk tests.
 //!
 //! The engine library carries none of this; its tests, benches and
 //! examples take it as a dev-dependency.
@@ -13,6 +14,9 @@
 pub mod driver_conformance;
 pub mod meta_conformance;
 pub mod oci;
+mod tmpfs;
+
+pub use tmpfs::Tmpfs;
 
 use bytes::Bytes;
 
