@@ -43,6 +43,23 @@ pub struct Harness {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// A fresh driver of `backend` (rooted at `root` where it has a directory),
+/// with its sim disk if it has one.
+fn backend_driver(
+    backend: Backend,
+    root: &std::path::Path,
+) -> (Arc<dyn Driver>, Option<Arc<SimDisk>>) {
+    match backend {
+        Backend::Fs => (Arc::new(FsDriver::open(root).unwrap()), None),
+        Backend::Sim => {
+            let d = SimDisk::new();
+            (Arc::new(SimDriver::on(d.clone())), Some(d))
+        }
+        Backend::ObjectMemory => (Arc::new(ObjectDriver::in_memory()), None),
+        Backend::ObjectDir => (Arc::new(ObjectDriver::in_dir(root).unwrap()), None),
+    }
+}
+
 pub async fn harness(layout: LayoutKind, policy: LockPolicy, backend: Backend) -> Harness {
     harness_wrapped(layout, policy, backend, |d| d).await
 }
@@ -56,17 +73,7 @@ pub async fn harness_wrapped(
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let mut disk = None;
-    let driver: Arc<dyn Driver> = match backend {
-        Backend::Fs => Arc::new(FsDriver::open(&root).unwrap()),
-        Backend::Sim => {
-            let d = SimDisk::new();
-            disk = Some(d.clone());
-            Arc::new(SimDriver::on(d))
-        }
-        Backend::ObjectMemory => Arc::new(ObjectDriver::in_memory()),
-        Backend::ObjectDir => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
-    };
+    let (driver, disk) = backend_driver(backend, &root);
     let store = Store::open(
         wrap(driver),
         Arc::new(MemoryMeta::new()),
@@ -105,17 +112,7 @@ pub async fn reopenable(
 ) -> Reopenable {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let mut disk = None;
-    let driver: Arc<dyn Driver> = match backend {
-        Backend::Fs => Arc::new(FsDriver::open(&root).unwrap()),
-        Backend::Sim => {
-            let d = SimDisk::new();
-            disk = Some(d.clone());
-            Arc::new(SimDriver::on(d))
-        }
-        Backend::ObjectMemory => Arc::new(ObjectDriver::in_memory()),
-        Backend::ObjectDir => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
-    };
+    let (driver, disk) = backend_driver(backend, &root);
     let driver = wrap(driver);
     let meta = Arc::new(MemoryMeta::new());
     let store = Store::open(driver.clone(), meta.clone(), StoreConfig { layout, policy })
