@@ -263,7 +263,14 @@ impl<F: PosixFs> PosixDriver<F> {
         }
     }
 
-    async fn walk(&self, dir: String, out: &mut Vec<DriverPath>) -> DriverResult<()> {
+    /// Every file below `dir` whose name `keep` accepts, as paths from the
+    /// root. Names with the reserved prefix are never walked into.
+    async fn walk_files(
+        &self,
+        dir: String,
+        keep: impl Fn(&str) -> bool,
+    ) -> DriverResult<Vec<String>> {
+        let mut out = Vec::new();
         let mut stack = vec![dir];
         while let Some(dir) = stack.pop() {
             let entries = match self.fs.read_dir(&dir).await {
@@ -272,7 +279,10 @@ impl<F: PosixFs> PosixDriver<F> {
                 Err(e) => return Err(self.err("list", &dir, e)),
             };
             for (name, is_dir) in entries {
-                if name.starts_with(RESERVED_PREFIX) {
+                if is_dir && name.starts_with(RESERVED_PREFIX) {
+                    continue;
+                }
+                if !is_dir && !keep(&name) {
                     continue;
                 }
                 let child = if dir.is_empty() {
@@ -283,11 +293,11 @@ impl<F: PosixFs> PosixDriver<F> {
                 if is_dir {
                     stack.push(child);
                 } else {
-                    out.push(DriverPath::from_string(child)?);
+                    out.push(child);
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -397,9 +407,14 @@ impl<F: PosixFs> Driver for PosixDriver<F> {
     }
 
     async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
-        let mut out = Vec::new();
-        self.walk(prefix.map_or(String::new(), |p| p.to_string()), &mut out)
+        let root = prefix.map_or(String::new(), |p| p.to_string());
+        let files = self
+            .walk_files(root, |name| !name.starts_with(RESERVED_PREFIX))
             .await?;
+        let mut out = files
+            .into_iter()
+            .map(DriverPath::from_string)
+            .collect::<Result<Vec<_>, _>>()?;
         out.sort();
         Ok(out)
     }
@@ -484,39 +499,24 @@ impl<F: PosixFs> Driver for PosixDriver<F> {
 
     async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
         let temp = temp_prefix();
+        let root = prefix.map_or(String::new(), |p| p.to_string());
         let mut out = Vec::new();
-        let mut stack = vec![prefix.map_or(String::new(), |p| p.to_string())];
-        while let Some(dir) = stack.pop() {
-            let entries = match self.fs.read_dir(&dir).await {
-                Ok(entries) => entries,
-                Err(e) if is_missing_dir(&e) => continue,
-                Err(e) => return Err(self.err("list", &dir, e)),
+        for path in self
+            .walk_files(root, |name| name.starts_with(&temp))
+            .await?
+        {
+            let st = match self.fs.stat(&path).await {
+                Ok(st) => st,
+                Err(e) if is_missing_dir(&e) => continue, // committed or discarded meanwhile
+                Err(e) => return Err(self.err("stat", &path, e)),
             };
-            for (name, is_dir) in entries {
-                let child = if dir.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{dir}/{name}")
-                };
-                if is_dir {
-                    stack.push(child);
-                    continue;
-                }
-                if !name.starts_with(&temp) {
-                    continue;
-                }
-                let st = match self.fs.stat(&child).await {
-                    Ok(st) => st,
-                    Err(e) if is_missing_dir(&e) => continue, // committed or discarded meanwhile
-                    Err(e) => return Err(self.err("stat", &child, e)),
-                };
-                if temp_writer(&name).is_some_and(|w| self.fs.writer_gone(w, st.modified)) {
-                    out.push(Leftover {
-                        path: child,
-                        size: st.size,
-                        modified: st.modified,
-                    });
-                }
+            let name = path.rsplit('/').next().unwrap_or_default();
+            if temp_writer(name).is_some_and(|w| self.fs.writer_gone(w, st.modified)) {
+                out.push(Leftover {
+                    path,
+                    size: st.size,
+                    modified: st.modified,
+                });
             }
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
