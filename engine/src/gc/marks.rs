@@ -42,7 +42,7 @@ pub(crate) enum Marked<'a> {
 }
 
 /// The scope every mark of `_blobstore` copies lives under.
-const SHARED_SCOPE: &str = "_blobstore";
+pub(crate) const SHARED_SCOPE: &str = "_blobstore";
 
 impl Marked<'_> {
     /// `mark\0<scope>\0<item>`: one prefix per repository, so a pass can
@@ -62,10 +62,6 @@ impl Marked<'_> {
 /// The prefix of every mark of `scope` (a repository, or `_blobstore`).
 pub(crate) fn scope_prefix(scope: &str) -> Vec<u8> {
     format!("mark\0{scope}\0").into_bytes()
-}
-
-pub(crate) fn shared_scope() -> &'static str {
-    SHARED_SCOPE
 }
 
 pub(crate) fn millis(t: SystemTime) -> u64 {

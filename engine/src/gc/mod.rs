@@ -585,6 +585,6 @@ impl Store {
                 report.add(GcKind::BlobstoreBlob, None, Some(&d), size);
             }
         }
-        self.clear_marks(marks::shared_scope(), &seen, opts).await
+        self.clear_marks(marks::SHARED_SCOPE, &seen, opts).await
     }
 }

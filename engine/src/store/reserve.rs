@@ -62,10 +62,6 @@ fn reserve_path() -> DriverPath {
     DriverPath::new(RESERVE_PATH).expect("valid")
 }
 
-pub(crate) fn is_no_space(e: &StoreError) -> bool {
-    e.is_no_space()
-}
-
 impl Store {
     /// Keeps `bytes` of the disk aside (`_ocistore/reserve`) for removals
     /// to use when the disk is full; 0 gives any reserve back. Created now
@@ -161,7 +157,9 @@ impl Store {
     ) -> StoreResult<()> {
         let first = self.write_index_bytes(repo, body.clone()).await;
         let reserve = &self.inner.reserve;
-        if !first.as_ref().is_err_and(is_no_space) || reserve.size.load(Ordering::SeqCst) == 0 {
+        if !first.as_ref().is_err_and(StoreError::is_no_space)
+            || reserve.size.load(Ordering::SeqCst) == 0
+        {
             return first;
         }
         // Dropped on every way out, a cancelled future's included: a count
@@ -182,7 +180,7 @@ impl Store {
                 crate::sync::sleep(std::time::Duration::from_millis(1 << attempt)).await;
             }
             result = self.write_index_bytes(repo, body.clone()).await;
-            if !result.as_ref().is_err_and(is_no_space) {
+            if !result.as_ref().is_err_and(StoreError::is_no_space) {
                 break;
             }
         }
