@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use engine::driver::{Driver, DriverError, DriverPath, PutMode};
+use engine::driver::{Checkpoint, Driver, DriverError, DriverPath, ObjectVersion, PutMode};
 
 use crate::pattern;
 
@@ -33,6 +33,8 @@ pub async fn run(driver: &dyn Driver) {
     hard_links(driver).await;
     rename(driver).await;
     sync_dir_accepts_any_directory(driver).await;
+    resumable_writes(driver).await;
+    compare_and_swap(driver).await;
     leaves_nothing_behind(driver).await;
 }
 
@@ -342,6 +344,170 @@ pub async fn sync_dir_accepts_any_directory(d: &dyn Driver) {
     d.sync_dir(Some(&p("sy/missing"))).await.unwrap();
     d.delete(&p("sy/a")).await.unwrap();
     d.sync_dir(Some(&p("sy"))).await.unwrap();
+}
+
+/// A checkpointed write survives its writer: a resume continues at the
+/// checkpoint (dropping what was written after it), reads back what is
+/// staged, and commits the whole object; a resumed writer's abort leaves
+/// nothing to resume. A driver without resumable writes says
+/// `Unsupported` to both calls.
+pub async fn resumable_writes(d: &dyn Driver) {
+    let target = p("rs/obj");
+    let mut w = d.writer(&target, PutMode::IfAbsent).await.unwrap();
+    w.write(pattern(11, 1000)).await.unwrap();
+    let first = match w.checkpoint().await {
+        Err(DriverError::Unsupported { .. }) => {
+            w.abort().await.unwrap();
+            let none = Checkpoint {
+                written: 0,
+                token: String::new(),
+                staged: Vec::new(),
+            };
+            let resumed = d.resume_writer(&target, PutMode::IfAbsent, &none).await;
+            assert!(
+                matches!(resumed, Err(DriverError::Unsupported { .. })),
+                "{}: checkpoint unsupported, resume_writer is not",
+                d.name()
+            );
+            return;
+        }
+        other => other.unwrap(),
+    };
+    assert_eq!(first.written, 1000);
+    // Not checkpointed: a resume drops it.
+    w.write(pattern(12, 500)).await.unwrap();
+    drop(w);
+    assert!(d.stat(&target).await.unwrap_err().is_not_found());
+    assert!(
+        d.list(None).await.unwrap().is_empty(),
+        "staged bytes listed"
+    );
+
+    let mut w = d
+        .resume_writer(&target, PutMode::IfAbsent, &first)
+        .await
+        .unwrap();
+    assert_eq!(w.written(), 1000);
+    assert_eq!(w.read_staged(0..1000).await.unwrap(), pattern(11, 1000));
+    assert_eq!(
+        w.read_staged(990..1000).await.unwrap(),
+        pattern(11, 1000).slice(990..)
+    );
+    w.write(pattern(13, 300)).await.unwrap();
+    let second = w.checkpoint().await.unwrap();
+    assert_eq!(second.written, 1300);
+    drop(w);
+    let w = d
+        .resume_writer(&target, PutMode::IfAbsent, &second)
+        .await
+        .unwrap();
+    w.commit().await.unwrap();
+    let mut expected = pattern(11, 1000).to_vec();
+    expected.extend_from_slice(&pattern(13, 300));
+    assert_eq!(d.get(&target, None).await.unwrap(), expected);
+    let gone = d.resume_writer(&target, PutMode::IfAbsent, &second).await;
+    assert!(
+        gone.is_err_and(|e| e.is_not_found()),
+        "{}: a committed write resumed",
+        d.name()
+    );
+    d.delete(&target).await.unwrap();
+
+    let aborted = p("rs/aborted");
+    let mut w = d.writer(&aborted, PutMode::Overwrite).await.unwrap();
+    w.write(pattern(14, 10)).await.unwrap();
+    let staged = w.checkpoint().await.unwrap();
+    drop(w);
+    // A checkpoint is its own write's: not another target's.
+    let elsewhere = d
+        .resume_writer(&p("other/obj"), PutMode::Overwrite, &staged)
+        .await;
+    assert!(elsewhere.is_err(), "{}: resumed elsewhere", d.name());
+    let w = d
+        .resume_writer(&aborted, PutMode::Overwrite, &staged)
+        .await
+        .unwrap();
+    w.abort().await.unwrap();
+    let gone = d.resume_writer(&aborted, PutMode::Overwrite, &staged).await;
+    assert!(
+        gone.is_err_and(|e| e.is_not_found()),
+        "{}: an aborted write resumed",
+        d.name()
+    );
+    assert!(d.stat(&aborted).await.unwrap_err().is_not_found());
+}
+
+/// Compare-and-swap (`get_versioned` / `put_if_version`, S3's `If-Match`
+/// and `If-None-Match: *`): every refusal is `PreconditionFailed` and
+/// changes nothing. A backend without it says `Unsupported` for both calls
+/// and writes nothing.
+pub async fn compare_and_swap(d: &dyn Driver) {
+    let path = p("cas/index.json");
+    let refused = |r: Result<ObjectVersion, DriverError>, what: &str| match r {
+        Err(e) if e.is_precondition_failed() => {}
+        other => panic!("{}: {what}: {other:?}", d.name()),
+    };
+    let v1 = match d.put_if_version(&path, Bytes::from("one"), None).await {
+        Err(DriverError::Unsupported { .. }) => {
+            assert!(
+                matches!(
+                    d.get_versioned(&path).await,
+                    Err(DriverError::Unsupported { .. })
+                ),
+                "{}: put_if_version unsupported, get_versioned not",
+                d.name()
+            );
+            assert!(d.stat(&path).await.unwrap_err().is_not_found());
+            return;
+        }
+        r => r.unwrap(),
+    };
+    refused(
+        d.put_if_version(&path, Bytes::from("x"), None).await,
+        "a create over an existing object",
+    );
+    let v2 = d
+        .put_if_version(&path, Bytes::from("two"), Some(&v1))
+        .await
+        .unwrap();
+    refused(
+        d.put_if_version(&path, Bytes::from("x"), Some(&v1)).await,
+        "a swap expecting a stale version",
+    );
+    refused(
+        d.put_if_version(
+            &path,
+            Bytes::from("x"),
+            Some(&ObjectVersion::from_etag("bogus")),
+        )
+        .await,
+        "a swap expecting a version the object never had",
+    );
+    let (data, version) = d.get_versioned(&path).await.unwrap();
+    assert_eq!((&data[..], &version), (&b"two"[..], &v2), "{}", d.name());
+    // A plain overwrite is a new version too: a swap from before it loses.
+    d.put(&path, Bytes::from("three"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    refused(
+        d.put_if_version(&path, Bytes::from("x"), Some(&v2)).await,
+        "a swap expecting the version before an overwrite",
+    );
+    let (data, v3) = d.get_versioned(&path).await.unwrap();
+    assert_eq!(&data[..], b"three", "{}", d.name());
+    // Gone: a swap expecting any version is refused, a create works.
+    d.delete(&path).await.unwrap();
+    assert!(d.get_versioned(&path).await.unwrap_err().is_not_found());
+    refused(
+        d.put_if_version(&path, Bytes::from("x"), Some(&v3)).await,
+        "a swap of a deleted object",
+    );
+    assert!(d.stat(&path).await.unwrap_err().is_not_found());
+    d.put_if_version(&path, Bytes::from("four"), None)
+        .await
+        .unwrap();
+    assert_eq!(d.get(&path, None).await.unwrap(), Bytes::from("four"));
+    d.delete(&path).await.unwrap();
 }
 
 pub async fn leaves_nothing_behind(d: &dyn Driver) {

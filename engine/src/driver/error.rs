@@ -17,6 +17,11 @@ pub enum DriverError {
     #[error("{path}: already exists")]
     AlreadyExists { path: DriverPath },
 
+    /// A compare-and-swap found another version than the one expected:
+    /// someone else wrote the object since it was read. Nothing changed.
+    #[error("{path}: changed since it was read (compare-and-swap refused)")]
+    PreconditionFailed { path: DriverPath },
+
     #[error(transparent)]
     InvalidPath(#[from] PathError),
 
@@ -74,6 +79,10 @@ impl DriverError {
 
     pub fn is_already_exists(&self) -> bool {
         matches!(self, DriverError::AlreadyExists { .. })
+    }
+
+    pub fn is_precondition_failed(&self) -> bool {
+        matches!(self, DriverError::PreconditionFailed { .. })
     }
 
     pub fn is_no_space(&self) -> bool {

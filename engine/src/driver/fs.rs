@@ -403,6 +403,22 @@ impl PosixFs for RealFs {
         })
     }
 
+    async fn open_truncated(&self, path: &str, len: u64) -> io::Result<RealFile> {
+        let mut file = OpenOptions::new().write(true).open(self.abs(path))?;
+        if file.metadata()?.len() < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shorter than its checkpoint",
+            ));
+        }
+        file.set_len(len)?;
+        file.seek(SeekFrom::Start(len))?;
+        Ok(RealFile {
+            state: FileState::Inline(file),
+            written: len,
+        })
+    }
+
     async fn write(&self, file: &mut RealFile, data: Bytes) -> io::Result<()> {
         file.write(data)
     }
@@ -415,8 +431,18 @@ impl PosixFs for RealFs {
         file.finish()?.sync_all()
     }
 
-    async fn read_at(&self, path: &str, range: Range<u64>) -> io::Result<Bytes> {
+    async fn read_at(&self, path: &str, range: Option<Range<u64>>) -> io::Result<Bytes> {
         let mut file = File::open(self.abs(path))?;
+        let range = match range {
+            Some(range) => range,
+            None => {
+                let md = file.metadata()?;
+                if md.is_dir() {
+                    return Err(io::ErrorKind::IsADirectory.into());
+                }
+                0..md.len()
+            }
+        };
         file.seek(SeekFrom::Start(range.start))?;
         let len = usize::try_from(range.end - range.start).map_err(io::Error::other)?;
         let mut buf = vec![0; len];

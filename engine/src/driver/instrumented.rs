@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BlobWriter, CallCounters, CallCounts, CallKind, Capabilities, Driver, DriverError, DriverPath,
-    DriverResult, Leftover, Listing, ObjectMeta, PutMode,
+    BlobWriter, CallCounters, CallCounts, CallKind, Capabilities, Checkpoint, Driver, DriverError,
+    DriverPath, DriverResult, Leftover, Listing, ObjectMeta, ObjectVersion, PutMode,
 };
 use crate::sync::unmodeled::Mutex;
 
@@ -122,12 +122,53 @@ impl<D: Driver> Driver for Instrumented<D> {
         }))
     }
 
+    async fn resume_writer(
+        &self,
+        path: &DriverPath,
+        mode: PutMode,
+        checkpoint: &Checkpoint,
+    ) -> DriverResult<Box<dyn BlobWriter>> {
+        self.shared.enter(self.inner.name(), CallKind::Put)?;
+        let inner = self
+            .shared
+            .check(self.inner.resume_writer(path, mode, checkpoint).await)?;
+        Ok(Box::new(InstrumentedWriter {
+            inner,
+            shared: self.shared.clone(),
+        }))
+    }
+
     async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
         let len = data.len() as u64;
         self.call(CallKind::Put, self.inner.put(path, data, mode))
             .await?;
         self.shared.counters.add_written(len);
         Ok(())
+    }
+
+    async fn get_versioned(&self, path: &DriverPath) -> DriverResult<(Bytes, ObjectVersion)> {
+        let (data, version) = self
+            .call(CallKind::Get, self.inner.get_versioned(path))
+            .await?;
+        self.shared.counters.add_read(data.len() as u64);
+        Ok((data, version))
+    }
+
+    async fn put_if_version(
+        &self,
+        path: &DriverPath,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> DriverResult<ObjectVersion> {
+        let len = data.len() as u64;
+        let version = self
+            .call(
+                CallKind::Put,
+                self.inner.put_if_version(path, data, expected),
+            )
+            .await?;
+        self.shared.counters.add_written(len);
+        Ok(version)
     }
 
     async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
@@ -209,5 +250,18 @@ impl BlobWriter for InstrumentedWriter {
 
     async fn abort(self: Box<Self>) -> DriverResult<()> {
         self.inner.abort().await
+    }
+
+    /// One Sync call; a failed fsync poisons the driver as a commit's does.
+    async fn checkpoint(&mut self) -> DriverResult<Checkpoint> {
+        self.shared.enter("instrumented", CallKind::Sync)?;
+        self.shared.check(self.inner.checkpoint().await)
+    }
+
+    async fn read_staged(&mut self, range: Range<u64>) -> DriverResult<Bytes> {
+        self.shared.enter("instrumented", CallKind::Get)?;
+        let data = self.shared.check(self.inner.read_staged(range).await)?;
+        self.shared.counters.add_read(data.len() as u64);
+        Ok(data)
     }
 }

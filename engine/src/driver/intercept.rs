@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BlobWriter, Capabilities, Driver, DriverPath, DriverResult, Leftover, Listing, ObjectMeta,
-    PutMode,
+    BlobWriter, Capabilities, Checkpoint, Driver, DriverPath, DriverResult, Leftover, Listing,
+    ObjectMeta, ObjectVersion, PutMode,
 };
 
 /// A driver wrapper: each method forwards to [`Intercept::inner`] unless
@@ -40,6 +40,14 @@ pub trait Intercept: Send + Sync + fmt::Debug {
     async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
         self.inner().writer(path, mode).await
     }
+    async fn resume_writer(
+        &self,
+        path: &DriverPath,
+        mode: PutMode,
+        checkpoint: &Checkpoint,
+    ) -> DriverResult<Box<dyn BlobWriter>> {
+        self.inner().resume_writer(path, mode, checkpoint).await
+    }
     async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
         self.inner().put(path, data, mode).await
     }
@@ -63,6 +71,17 @@ pub trait Intercept: Send + Sync + fmt::Debug {
     }
     async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
         self.inner().sync_dir(dir).await
+    }
+    async fn get_versioned(&self, path: &DriverPath) -> DriverResult<(Bytes, ObjectVersion)> {
+        self.inner().get_versioned(path).await
+    }
+    async fn put_if_version(
+        &self,
+        path: &DriverPath,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> DriverResult<ObjectVersion> {
+        self.inner().put_if_version(path, data, expected).await
     }
     async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
         self.inner().leftovers(prefix).await

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BlobWriter, CallKind, Capabilities, Driver, DriverPath, DriverResult, Listing, ObjectMeta,
-    PutMode,
+    BlobWriter, CallKind, Capabilities, Checkpoint, Driver, DriverPath, DriverResult, Listing,
+    ObjectMeta, PutMode,
 };
 
 /// How long a call of `kind` moving `bytes` takes.
@@ -99,6 +99,19 @@ impl<D: Driver> Driver for Latency<D> {
         }))
     }
 
+    async fn resume_writer(
+        &self,
+        path: &DriverPath,
+        mode: PutMode,
+        checkpoint: &Checkpoint,
+    ) -> DriverResult<Box<dyn BlobWriter>> {
+        self.wait(CallKind::Stat, 0).await;
+        Ok(Box::new(SlowWriter {
+            inner: self.inner.resume_writer(path, mode, checkpoint).await?,
+            model: self.model.clone(),
+        }))
+    }
+
     async fn list(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<DriverPath>> {
         self.wait(CallKind::List, 0).await;
         self.inner.list(prefix).await
@@ -136,6 +149,27 @@ impl<D: Driver> Driver for Latency<D> {
         self.inner.sync_dir(dir).await
     }
 
+    async fn get_versioned(
+        &self,
+        path: &DriverPath,
+    ) -> DriverResult<(Bytes, super::ObjectVersion)> {
+        crate::sync::sleep(Duration::ZERO).await;
+        let (data, version) = self.inner.get_versioned(path).await?;
+        self.wait(CallKind::Get, data.len() as u64).await;
+        Ok((data, version))
+    }
+
+    /// One PUT: the transfer and its round trip before the swap lands.
+    async fn put_if_version(
+        &self,
+        path: &DriverPath,
+        data: Bytes,
+        expected: Option<&super::ObjectVersion>,
+    ) -> DriverResult<super::ObjectVersion> {
+        self.wait(CallKind::Put, data.len() as u64).await;
+        self.inner.put_if_version(path, data, expected).await
+    }
+
     async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<super::Leftover>> {
         self.wait(CallKind::List, 0).await;
         self.inner.leftovers(prefix).await
@@ -171,5 +205,22 @@ impl BlobWriter for SlowWriter {
 
     async fn abort(self: Box<Self>) -> DriverResult<()> {
         self.inner.abort().await
+    }
+
+    /// One round trip (an fsync, or an object store's part upload). A
+    /// zero delay is no call at all: under loom it adds no scheduling
+    /// point, so the models' search stays the size of their operations'.
+    async fn checkpoint(&mut self) -> DriverResult<Checkpoint> {
+        let delay = self.model.delay(CallKind::Sync, 0);
+        if !delay.is_zero() {
+            crate::sync::sleep(delay).await;
+        }
+        self.inner.checkpoint().await
+    }
+
+    async fn read_staged(&mut self, range: Range<u64>) -> DriverResult<Bytes> {
+        let data = self.inner.read_staged(range).await?;
+        crate::sync::sleep(self.model.delay(CallKind::Get, data.len() as u64)).await;
+        Ok(data)
     }
 }

@@ -18,6 +18,7 @@
 //! calls by kind and turns a failed fsync into a sticky failure; [`Latency`]
 //! sleeps per call kind (virtual time under madsim).
 
+mod cas;
 mod counters;
 mod error;
 pub mod fs;
@@ -36,6 +37,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use cas::ObjectVersion;
 pub use counters::{CallCounters, CallCounts, CallKind};
 pub use error::{DriverError, DriverResult};
 pub use fs::FsDriver;
@@ -93,6 +95,16 @@ pub struct Capabilities {
     pub durable_on_return: bool,
 }
 
+impl Capabilities {
+    /// What an object store (S3 and its kind) offers: no links, no rename,
+    /// every call durable on return.
+    pub const OBJECT_STORE: Capabilities = Capabilities {
+        hard_links: false,
+        rename: false,
+        durable_on_return: true,
+    };
+}
+
 /// The immediate children of a prefix: sub-prefixes ("directories") and objects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
@@ -100,11 +112,53 @@ pub struct Listing {
     pub files: Vec<String>,
 }
 
+/// Where a resumable write stands: what [`BlobWriter::checkpoint`] made
+/// durable, and what [`Driver::resume_writer`] needs to carry on from there,
+/// in this process or in a later one.
+///
+/// The caller stores it as it is (an upload session keeps it in the
+/// metadata store) and reads only [`Checkpoint::written`] and
+/// [`Checkpoint::staged`]; `token` is the driver's own: a temp file's name
+/// and length (posix), the parts of an emulated multipart upload (object,
+/// in memory), an S3 upload id and its parts' ETags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Bytes durable so far; a resumed writer continues from here.
+    pub written: u64,
+    /// The driver's record of the staged bytes, opaque to the caller.
+    pub token: String,
+    /// The [`Leftover`] paths that hold the staged bytes. While the caller
+    /// keeps the checkpoint these are live data, not garbage, even when
+    /// the process that wrote them is gone.
+    pub staged: Vec<String>,
+}
+
+impl Checkpoint {
+    /// A checkpoint of `written` bytes held in the leftover `staged`, with
+    /// the driver's `state` as its token (JSON).
+    pub(crate) fn of(written: u64, state: &impl serde::Serialize, staged: String) -> Checkpoint {
+        Checkpoint {
+            written,
+            token: serde_json::to_string(state).expect("a token serialises"),
+            staged: vec![staged],
+        }
+    }
+
+    /// The driver's state, if the token holds a `T` (it comes back from
+    /// outside: a metadata store).
+    pub(crate) fn state<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(&self.token).ok()
+    }
+}
+
 /// Streams one object in; nothing is visible under the target name until
 /// [`BlobWriter::commit`] returns `Ok`.
 ///
 /// Dropping a writer without committing abandons it: the target is untouched
 /// and the partial bytes are left under a reserved name that no listing shows.
+/// An abandoned writer that was never checkpointed is a leftover once its
+/// process is gone; one that was checkpointed belongs to whoever keeps the
+/// [`Checkpoint`] (resume it, or resume and abort it).
 #[async_trait]
 pub trait BlobWriter: Send {
     /// Appends a chunk. Memory held by the writer is bounded by a few chunks,
@@ -119,8 +173,33 @@ pub trait BlobWriter: Send {
     /// with `AlreadyExists` if the target appeared meanwhile.
     async fn commit(self: Box<Self>) -> DriverResult<()>;
 
-    /// Discards the partial object.
+    /// Discards the partial object (checkpointed bytes included).
     async fn abort(self: Box<Self>) -> DriverResult<()>;
+
+    /// Makes every byte written so far durable, and returns what
+    /// [`Driver::resume_writer`] reopens the write from (after a crash, or
+    /// in another process). Bytes written after the last checkpoint are
+    /// dropped by a resume. A checkpointed writer that is dropped leaves
+    /// its staged bytes in place for a resume.
+    ///
+    /// Default: `Unsupported`, for drivers without resumable writes.
+    async fn checkpoint(&mut self) -> DriverResult<Checkpoint> {
+        Err(DriverError::Unsupported {
+            driver: "writer",
+            op: "checkpoint",
+        })
+    }
+
+    /// Reads back `range` of the bytes written so far (for a resumed
+    /// writer whose caller must rebuild state it could not persist, such as
+    /// a running hash).
+    async fn read_staged(&mut self, range: Range<u64>) -> DriverResult<Bytes> {
+        let _ = range;
+        Err(DriverError::Unsupported {
+            driver: "writer",
+            op: "read_staged",
+        })
+    }
 }
 
 /// The storage contract.
@@ -156,6 +235,26 @@ pub trait Driver: Send + Sync + fmt::Debug {
 
     /// Starts streaming a new object to `path`.
     async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>>;
+
+    /// Reopens a write to `path` that [`BlobWriter::checkpoint`] left at
+    /// `checkpoint`: the writer continues at `checkpoint.written` (bytes
+    /// written after that checkpoint are dropped), and its commit publishes
+    /// to `path` with `mode`. `NotFound` if the staged bytes are gone (the
+    /// write was committed, aborted or reclaimed).
+    ///
+    /// Default: `Unsupported`, for drivers without resumable writes.
+    async fn resume_writer(
+        &self,
+        path: &DriverPath,
+        mode: PutMode,
+        checkpoint: &Checkpoint,
+    ) -> DriverResult<Box<dyn BlobWriter>> {
+        let _ = (path, mode, checkpoint);
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            op: "resume_writer",
+        })
+    }
 
     /// Writes a whole object in one call (durable on return).
     async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
@@ -201,6 +300,38 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// If `dir` itself is gone (emptied and removed by a delete), its removal
     /// is made durable instead, in its nearest existing ancestor.
     async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()>;
+
+    /// The whole object and its version, for a later
+    /// [`Driver::put_if_version`]. Unsupported where the backend has no
+    /// compare-and-swap.
+    async fn get_versioned(&self, path: &DriverPath) -> DriverResult<(Bytes, ObjectVersion)> {
+        let _ = path;
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            op: "get_versioned",
+        })
+    }
+
+    /// Compare-and-swap (S3's `If-Match`, or `If-None-Match: *` for
+    /// `expected` `None`): replaces `path` with `data` only if its version
+    /// is `expected` now (`None`: it is absent), atomically with respect to
+    /// every writer using this call, in any process. Otherwise
+    /// [`DriverError::PreconditionFailed`], and nothing changed. Durable on
+    /// return; returns the new version. Writers that bypass this call
+    /// (`put` in `Overwrite` mode) are not excluded: an object rewritten by
+    /// several instances is written through this call only.
+    async fn put_if_version(
+        &self,
+        path: &DriverPath,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> DriverResult<ObjectVersion> {
+        let _ = (path, data, expected);
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            op: "put_if_version",
+        })
+    }
 
     /// Temp files below `prefix` (the whole store for `None`) that no live
     /// writer owns: those of a process that is gone. A write in progress in
@@ -254,6 +385,15 @@ macro_rules! forward_driver {
                 let $this = self;
                 $to.writer(path, mode).await
             }
+            async fn resume_writer(
+                &self,
+                path: &DriverPath,
+                mode: PutMode,
+                checkpoint: &Checkpoint,
+            ) -> DriverResult<Box<dyn BlobWriter>> {
+                let $this = self;
+                $to.resume_writer(path, mode, checkpoint).await
+            }
             async fn put(&self, path: &DriverPath, data: Bytes, mode: PutMode) -> DriverResult<()> {
                 let $this = self;
                 $to.put(path, data, mode).await
@@ -290,6 +430,22 @@ macro_rules! forward_driver {
             async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
                 let $this = self;
                 $to.sync_dir(dir).await
+            }
+            async fn get_versioned(
+                &self,
+                path: &DriverPath,
+            ) -> DriverResult<(Bytes, ObjectVersion)> {
+                let $this = self;
+                $to.get_versioned(path).await
+            }
+            async fn put_if_version(
+                &self,
+                path: &DriverPath,
+                data: Bytes,
+                expected: Option<&ObjectVersion>,
+            ) -> DriverResult<ObjectVersion> {
+                let $this = self;
+                $to.put_if_version(path, data, expected).await
             }
             async fn leftovers(&self, prefix: Option<&DriverPath>) -> DriverResult<Vec<Leftover>> {
                 let $this = self;

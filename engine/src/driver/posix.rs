@@ -30,8 +30,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BlobWriter, Capabilities, Driver, DriverError, DriverPath, DriverResult, Leftover, Listing,
-    ObjectMeta, PutMode, RESERVED_PREFIX, check_range, copy_by_streaming,
+    BlobWriter, Capabilities, Checkpoint, Driver, DriverError, DriverPath, DriverResult, Leftover,
+    Listing, ObjectMeta, PutMode, RESERVED_PREFIX, check_range, copy_by_streaming,
 };
 
 /// What a filesystem says about one name.
@@ -70,7 +70,20 @@ pub trait PosixFs: Send + Sync + fmt::Debug + 'static {
     }
     /// Makes the file's data durable (and waits for any write still in flight).
     async fn fsync(&self, file: &mut Self::File) -> io::Result<()>;
-    async fn read_at(&self, path: &str, range: Range<u64>) -> io::Result<Bytes>;
+    /// Reopens an existing file for appending, cut to its first `len` bytes
+    /// (what a checkpoint made durable; what was written after it is
+    /// dropped). `NotFound` if it is gone, `InvalidData` if it is shorter.
+    /// Default: `Unsupported` (no resumable writes on this back end).
+    async fn open_truncated(&self, path: &str, len: u64) -> io::Result<Self::File> {
+        let _ = (path, len);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    /// Reads `range` of a file (`UnexpectedEof` past its end), or with
+    /// `None` the whole file, sized and read through one open: a file
+    /// replaced meanwhile (another process's swap of an `index.json`) is
+    /// read whole, the old or the new, never the new cut at the old length.
+    /// A directory is `NotFound` or `IsADirectory`.
+    async fn read_at(&self, path: &str, range: Option<Range<u64>>) -> io::Result<Bytes>;
     async fn stat(&self, path: &str) -> io::Result<FsStat>;
     /// `AlreadyExists` if present.
     async fn mkdir(&self, path: &str) -> io::Result<()>;
@@ -114,8 +127,9 @@ fn temp_prefix() -> String {
 }
 
 /// When this process started writing temp files (the first driver made):
-/// a temp file of our pid older than that is a previous process's that
-/// had the same pid (containers restart as pid 1).
+/// a temp file of our pid older than that, by more than
+/// [`MTIME_SLACK`], is a previous process's that had the same pid
+/// (containers restart as pid 1).
 fn process_start() -> SystemTime {
     static START: std::sync::OnceLock<SystemTime> = std::sync::OnceLock::new();
     *START.get_or_init(SystemTime::now)
@@ -153,10 +167,19 @@ fn temp_writer(name: &str) -> Option<u64> {
 /// GC's delay only.
 pub(crate) fn process_gone(pid: u64, modified: SystemTime) -> bool {
     if pid == u64::from(std::process::id()) {
-        return modified < process_start();
+        return modified + MTIME_SLACK < process_start();
     }
     !u32::try_from(pid).is_ok_and(pid_alive)
 }
+
+/// How far a file's mtime may lag the clock that read [`process_start`].
+/// The kernel stamps files from a coarse clock (a tick behind
+/// `clock_gettime`, up to 2 s on FAT), so a temp file this process made
+/// just after starting can carry an mtime *before* its start; without the
+/// slack that live file was listed as a leftover (seen on CI). The cost: a
+/// same-pid predecessor's leftover from the last 2 s before this start
+/// stays until this process exits, which errs toward keeping.
+const MTIME_SLACK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often a commit retries when a concurrent delete removed the directory
 /// it had just created (rmdir of emptied parents races mkdir -p).
@@ -167,14 +190,27 @@ const DIR_RACE_RETRIES: usize = 8;
 pub struct PosixDriver<F: PosixFs> {
     fs: std::sync::Arc<F>,
     temp_counter: AtomicU64,
+    /// Which life of an engine this driver writes for, in the upper half of
+    /// its temp files' writer ([`PosixFs::writer_id`] in the lower): 0 for
+    /// a real process (its pid tells it apart), one per start of a
+    /// simulated instance, so the simulated disk can tell a killed
+    /// instance's temp files from a running one's
+    /// ([`super::SimDisk::end_life`]).
+    life: u64,
 }
 
 impl<F: PosixFs> PosixDriver<F> {
     pub fn new(fs: F) -> PosixDriver<F> {
+        PosixDriver::for_life(fs, 0)
+    }
+
+    /// A driver writing for life `life` of an engine (see the field).
+    pub fn for_life(fs: F, life: u64) -> PosixDriver<F> {
         process_start();
         PosixDriver {
             fs: std::sync::Arc::new(fs),
             temp_counter: AtomicU64::new(0),
+            life,
         }
     }
 
@@ -230,7 +266,8 @@ impl<F: PosixFs> PosixDriver<F> {
             self.ensure_dir(parent.as_ref()).await?;
             loop {
                 let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-                let name = format!("{}{}.{n}", temp_prefix(), self.fs.writer_id());
+                let writer = self.fs.writer_id() | self.life << 32;
+                let name = format!("{}{writer}.{n}", temp_prefix());
                 let temp = match &parent {
                     Some(p) => format!("{p}/{name}"),
                     None => name,
@@ -285,10 +322,12 @@ impl<F: PosixFs> PosixDriver<F> {
                 if !is_dir && !keep(&name) {
                     continue;
                 }
+                // Not `format!`: listings build a path per file, and the
+                // formatting machinery cost more than the copy.
                 let child = if dir.is_empty() {
                     name
                 } else {
-                    format!("{dir}/{name}")
+                    [dir.as_str(), "/", &name].concat()
                 };
                 if is_dir {
                     stack.push(child);
@@ -298,6 +337,25 @@ impl<F: PosixFs> PosixDriver<F> {
             }
         }
         Ok(out)
+    }
+}
+
+/// fsyncs `dir`. A directory that is gone (a delete emptied and removed
+/// it) has one change left to persist: its own removal, in the nearest
+/// ancestor that still exists.
+async fn sync_nearest_dir<F: PosixFs + ?Sized>(
+    fs: &F,
+    mut dir: Option<DriverPath>,
+) -> DriverResult<()> {
+    loop {
+        let name = dir.as_ref().map_or("", |d| d.as_str());
+        match fs.fsync_dir(name).await {
+            Ok(()) => return Ok(()),
+            Err(e) if is_missing_dir(&e) && dir.is_some() => {
+                dir = dir.and_then(|d| d.parent());
+            }
+            Err(e) => return Err(sync_err(fs, name, e)),
+        }
     }
 }
 
@@ -386,12 +444,21 @@ impl<F: PosixFs> Driver for PosixDriver<F> {
     }
 
     async fn get(&self, path: &DriverPath, range: Option<Range<u64>>) -> DriverResult<Bytes> {
-        let size = self.stat(path).await?.size;
-        let range = check_range(path, range, size)?;
+        // A range is checked against a stat first, for an error that gives
+        // the size; only blobs are read by range, and they never change.
+        let range = match range {
+            Some(range) => Some(check_range(path, Some(range), self.stat(path).await?.size)?),
+            None => None,
+        };
         self.fs
             .read_at(path.as_str(), range)
             .await
-            .map_err(|e| self.err("read", path.as_str(), e))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotADirectory | io::ErrorKind::IsADirectory => {
+                    DriverError::NotFound { path: path.clone() }
+                }
+                _ => self.err("read", path.as_str(), e),
+            })
     }
 
     async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
@@ -403,6 +470,41 @@ impl<F: PosixFs> Driver for PosixDriver<F> {
             file: Some(file),
             mode,
             written: 0,
+            checkpointed: false,
+            name_durable: false,
+            synced: false,
+        }))
+    }
+
+    async fn resume_writer(
+        &self,
+        path: &DriverPath,
+        mode: PutMode,
+        checkpoint: &Checkpoint,
+    ) -> DriverResult<Box<dyn BlobWriter>> {
+        let temp = staged_temp(path, checkpoint).ok_or_else(|| {
+            self.err(
+                "resume",
+                path.as_str(),
+                io::Error::new(io::ErrorKind::InvalidData, "not a checkpoint of this write"),
+            )
+        })?;
+        let file = self
+            .fs
+            .open_truncated(&temp, checkpoint.written)
+            .await
+            .map_err(|e| self.err("resume", &temp, e))?;
+        Ok(Box::new(PosixWriter {
+            fs: self.fs.clone(),
+            target: path.clone(),
+            temp,
+            file: Some(file),
+            mode,
+            written: checkpoint.written,
+            checkpointed: true,
+            name_durable: true,
+            // The truncation that cut a tail off is not durable yet.
+            synced: false,
         }))
     }
 
@@ -552,21 +654,29 @@ impl<F: PosixFs> Driver for PosixDriver<F> {
     }
 
     async fn sync_dir(&self, dir: Option<&DriverPath>) -> DriverResult<()> {
-        // A directory that is gone (a delete emptied and removed it) has one
-        // change left to persist: its own removal, in the nearest ancestor
-        // that still exists.
-        let mut dir = dir.cloned();
-        loop {
-            let name = dir.as_ref().map_or("", |d| d.as_str());
-            match self.fs.fsync_dir(name).await {
-                Ok(()) => return Ok(()),
-                Err(e) if is_missing_dir(&e) && dir.is_some() => {
-                    dir = dir.and_then(|d| d.parent());
-                }
-                Err(e) => return Err(sync_err(&*self.fs, name, e)),
-            }
-        }
+        sync_nearest_dir(&*self.fs, dir.cloned()).await
     }
+}
+
+/// The checkpoint token of a posix write: its temp file, beside the
+/// target. The length is [`Checkpoint::written`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PosixToken {
+    temp: String,
+}
+
+/// The temp file a checkpoint of a write to `target` names, if it is one:
+/// a temp name in the target's own directory (so a token read back from
+/// the metadata store cannot point anywhere else).
+fn staged_temp(target: &DriverPath, checkpoint: &Checkpoint) -> Option<String> {
+    let token: PosixToken = checkpoint.state()?;
+    let (dir, name) = match token.temp.rsplit_once('/') {
+        Some((dir, name)) => (Some(dir), name),
+        None => (None, token.temp.as_str()),
+    };
+    let parent = target.parent();
+    (dir == parent.as_ref().map(DriverPath::as_str) && temp_writer(name).is_some())
+        .then_some(token.temp)
 }
 
 struct PosixWriter<F: PosixFs> {
@@ -576,6 +686,16 @@ struct PosixWriter<F: PosixFs> {
     file: Option<F::File>,
     mode: PutMode,
     written: u64,
+    /// A checkpoint handed the temp file to its caller: dropping the
+    /// writer keeps it (only `abort` and `commit` end it).
+    checkpointed: bool,
+    /// The temp file's name is durable in its directory.
+    name_durable: bool,
+    /// Every byte written is durable: a checkpoint fsynced the file and
+    /// nothing was written since. A commit or checkpoint then skips the
+    /// fsync (a PATCH acknowledged the bytes, the PUT that follows with
+    /// no body only publishes them).
+    synced: bool,
 }
 
 impl<F: PosixFs> PosixWriter<F> {
@@ -595,6 +715,7 @@ impl<F: PosixFs> BlobWriter for PosixWriter<F> {
     async fn write(&mut self, chunk: Bytes) -> DriverResult<()> {
         let len = chunk.len() as u64;
         let file = self.file.as_mut().expect("writer used after commit");
+        self.synced = false;
         if let Err(e) = self.fs.write(file, chunk).await {
             return Err(self.err("write", e));
         }
@@ -608,20 +729,23 @@ impl<F: PosixFs> BlobWriter for PosixWriter<F> {
 
     async fn commit(mut self: Box<Self>) -> DriverResult<()> {
         let mut file = self.file.take().expect("writer committed twice");
-        // Writes still in flight end first, so their failure (a full disk
-        // under a large streamed write) is reported as the write's, not
-        // mistaken for the fsync's.
-        if let Err(e) = self.fs.flush(&mut file).await {
-            drop(file);
-            self.fs.discard(&self.temp);
-            return Err(self.err("write", e));
+        if !self.synced {
+            // Writes still in flight end first, so their failure (a full
+            // disk under a large streamed write) is reported as the
+            // write's, not mistaken for the fsync's.
+            if let Err(e) = self.fs.flush(&mut file).await {
+                drop(file);
+                self.fs.discard(&self.temp);
+                return Err(self.err("write", e));
+            }
+            let synced = self.fs.fsync(&mut file).await;
+            if let Err(e) = synced {
+                drop(file);
+                self.fs.discard(&self.temp);
+                return Err(temp_sync_err(&*self.fs, &self.temp, e));
+            }
         }
-        let synced = self.fs.fsync(&mut file).await;
         drop(file);
-        if let Err(e) = synced {
-            self.fs.discard(&self.temp);
-            return Err(temp_sync_err(&*self.fs, &self.temp, e));
-        }
         let target = self.target.as_str();
         match self.mode {
             PutMode::Overwrite => {
@@ -634,6 +758,12 @@ impl<F: PosixFs> BlobWriter for PosixWriter<F> {
                 let linked = self.fs.link(&self.temp, target).await;
                 let _ = self.fs.unlink(&self.temp).await;
                 if let Err(e) = linked {
+                    // The winner's sync of this directory may have made
+                    // our temp's name durable; its removal is made durable
+                    // too, or a crash would bring it back (the simulator's
+                    // leak check saw these from instances racing to create
+                    // config.json).
+                    let _ = self.fs.fsync_dir(&self.parent()).await;
                     return Err(map_err(&*self.fs, "link", target, e));
                 }
             }
@@ -646,8 +776,59 @@ impl<F: PosixFs> BlobWriter for PosixWriter<F> {
             .map_err(|e| sync_err(&*self.fs, &parent, e))
     }
 
-    async fn abort(self: Box<Self>) -> DriverResult<()> {
-        Ok(()) // Drop discards the temp file.
+    /// Discards the temp file; durably if a checkpoint made its name
+    /// durable (else a crash would bring it back, as a leftover).
+    async fn abort(mut self: Box<Self>) -> DriverResult<()> {
+        if let Some(file) = self.file.take() {
+            drop(file);
+            self.fs.discard(&self.temp);
+            if self.name_durable {
+                // The discard may have removed the emptied directory too.
+                sync_nearest_dir(&*self.fs, self.target.parent()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoint protocol (the commit protocol's steps 3 and 5, without
+    /// the rename): flush, fsync the temp file, and, the first time, fsync
+    /// its directory so the temp's name survives a crash too. The token
+    /// names the temp file; a resume cuts it back to `written`.
+    async fn checkpoint(&mut self) -> DriverResult<Checkpoint> {
+        let file = self.file.as_mut().expect("writer used after commit");
+        if !self.synced {
+            if let Err(e) = self.fs.flush(file).await {
+                return Err(map_err(&*self.fs, "write", &self.temp, e));
+            }
+            if let Err(e) = self.fs.fsync(file).await {
+                return Err(temp_sync_err(&*self.fs, &self.temp, e));
+            }
+            self.synced = true;
+        }
+        if !self.name_durable {
+            let parent = self.parent();
+            self.fs
+                .fsync_dir(&parent)
+                .await
+                .map_err(|e| sync_err(&*self.fs, &parent, e))?;
+            self.name_durable = true;
+        }
+        self.checkpointed = true;
+        let token = PosixToken {
+            temp: self.temp.clone(),
+        };
+        Ok(Checkpoint::of(self.written, &token, self.temp.clone()))
+    }
+
+    async fn read_staged(&mut self, range: Range<u64>) -> DriverResult<Bytes> {
+        let file = self.file.as_mut().expect("writer used after commit");
+        if let Err(e) = self.fs.flush(file).await {
+            return Err(map_err(&*self.fs, "write", &self.temp, e));
+        }
+        self.fs
+            .read_at(&self.temp, Some(range))
+            .await
+            .map_err(|e| map_err(&*self.fs, "read", &self.temp, e))
     }
 }
 
@@ -655,7 +836,9 @@ impl<F: PosixFs> Drop for PosixWriter<F> {
     fn drop(&mut self) {
         if let Some(file) = self.file.take() {
             drop(file);
-            self.fs.discard(&self.temp);
+            if !self.checkpointed {
+                self.fs.discard(&self.temp);
+            }
         }
     }
 }
@@ -717,7 +900,7 @@ mod tests {
             }
             self.disk.fsync(file).await
         }
-        async fn read_at(&self, path: &str, range: Range<u64>) -> io::Result<Bytes> {
+        async fn read_at(&self, path: &str, range: Option<Range<u64>>) -> io::Result<Bytes> {
             self.disk.read_at(path, range).await
         }
         async fn stat(&self, path: &str) -> io::Result<FsStat> {

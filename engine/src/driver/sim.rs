@@ -8,7 +8,10 @@
 //!   survives only once its directory is fsynced. Each directory's entries
 //!   are persisted independently of every other directory's.
 //! - After a crash, an entry whose parent directory did not survive is gone.
-//! - Optionally the last unsynced write is **torn**: a prefix of it survives.
+//! - Optionally the last unsynced write is **torn**: a prefix of it survives,
+//!   or (`torn_inside`) all of its length with a stretch inside it zeroed.
+//! - Optionally a read returns **corrupted bytes**: one bit flipped on the
+//!   way back, the stored bytes intact (`read_flips`).
 //! - A **capacity** makes writes fail with "no space" and change nothing.
 //! - An injected **fsync failure** persists nothing and reports an I/O error.
 //!
@@ -16,10 +19,11 @@
 //! The disk lives outside the simulated node, so it outlives a killed
 //! engine; [`SimDisk::crash`] is the power cut.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::BuildHasherDefault;
 use std::io;
-use std::ops::Range;
+use std::ops::{Bound, Range};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -28,7 +32,7 @@ use bytes::Bytes;
 
 use super::DriverError;
 use super::posix::{FsStat, PosixDriver, PosixFs};
-use crate::indexed_map::IndexedMap;
+use crate::indexed_map::{IndexedMap, WordHasher};
 use crate::sync::unmodeled::Mutex;
 
 /// `sim` driver: the same [`PosixDriver`] as `fs`, over a [`SimDisk`].
@@ -68,6 +72,23 @@ pub struct SimFaults {
     /// disk could not write back. The driver reports it as
     /// [`DriverError::SyncFailed`], which poisons an instrumented driver.
     pub fsync_fails_after_ops: Option<u64>,
+    /// On a crash, the last unsynced write (if it extended its file) keeps
+    /// its whole length but loses a stretch inside it, which reads as
+    /// zeros: the file's size reached the disk, one of its sectors did not
+    /// (ext4 `data=writeback`). Takes precedence over `torn_writes`.
+    pub torn_inside: bool,
+    /// Reads that come back with one bit flipped (a bad cable, a DMA
+    /// error): the stored bytes stay intact, so reading again is right.
+    pub read_flips: Option<ReadFlips>,
+}
+
+/// Which reads [`SimFaults::read_flips`] corrupts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadFlips {
+    /// About one read in this many (drawn from the disk's seed).
+    pub one_in: u64,
+    /// Only reads of files whose path contains this (`""`: every file).
+    pub path_contains: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +97,88 @@ enum Entry {
     File(u64),
 }
 
+/// A file's bytes. Shared once written: a write of a whole file keeps the
+/// caller's buffer (`Bytes` never change), and reads, fsync, crashes and
+/// the durable image take slices of one buffer instead of copies. A file
+/// written in several pieces grows in a buffer of its own until it is
+/// synced.
+#[derive(Debug)]
+enum Content {
+    Shared(Bytes),
+    Growing(Vec<u8>),
+}
+
+impl Default for Content {
+    fn default() -> Content {
+        Content::Shared(Bytes::new())
+    }
+}
+
+impl Content {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Content::Shared(b) => b,
+            Content::Growing(v) => v,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A read: a slice of the shared buffer, or a copy out of a growing one
+    /// (which would otherwise be shared, then copied by the next append).
+    fn read(&self, range: Range<usize>) -> Bytes {
+        match self {
+            Content::Shared(b) => b.slice(range),
+            Content::Growing(v) => Bytes::copy_from_slice(&v[range]),
+        }
+    }
+
+    fn append(&mut self, data: Bytes) {
+        match self {
+            Content::Shared(b) if b.is_empty() => *self = Content::Shared(data),
+            Content::Shared(b) => {
+                let mut grown = Vec::with_capacity(b.len() + data.len());
+                grown.extend_from_slice(b);
+                grown.extend_from_slice(&data);
+                *self = Content::Growing(grown);
+            }
+            Content::Growing(v) => v.extend_from_slice(&data),
+        }
+    }
+
+    /// Keeps the first `len` bytes (a resumed writer's cut back to its
+    /// checkpoint).
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Content::Shared(b) => b.truncate(len),
+            Content::Growing(v) => v.truncate(len),
+        }
+    }
+
+    /// The bytes as one shared buffer (from now on, until the next append):
+    /// what fsync makes durable.
+    fn share(&mut self) -> Bytes {
+        if let Content::Growing(v) = self {
+            *self = Content::Shared(Bytes::from(std::mem::take(v)));
+        }
+        match self {
+            Content::Shared(b) => b.clone(),
+            Content::Growing(_) => unreachable!("shared just above"),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inode {
-    live: Vec<u8>,
+    live: Content,
     /// What a crash leaves: the bytes at the last fsync.
-    durable: Vec<u8>,
+    durable: Bytes,
     modified: Option<SystemTime>,
     /// Open handles; space is freed when this and `links` reach 0.
     open: u32,
@@ -92,7 +190,10 @@ struct Inode {
 
 #[derive(Debug, Default)]
 struct DiskState {
-    inodes: BTreeMap<u64, Inode>,
+    /// By inode number. Hashed, not ordered: every file operation looks
+    /// its inode up, and nothing depends on the order of a walk over all
+    /// of them (a crash resets each inode on its own).
+    inodes: HashMap<u64, Inode, BuildHasherDefault<WordHasher>>,
     next_inode: u64,
     /// Namespace as running programs see it. The root `""` is implicit.
     /// Hashed as well as ordered: nearly every operation starts with a
@@ -109,9 +210,11 @@ struct DiskState {
     last_write: Option<(u64, usize)>,
     rng: u64,
     crashes: u64,
-    /// Crashes that kept a non-empty prefix of a torn write under a name
-    /// that survived.
+    /// Crashes that kept a non-empty prefix of a torn write (or a write
+    /// with a hole inside) under a name that survived.
     tears: u64,
+    /// Reads answered with a flipped bit ([`SimFaults::read_flips`]).
+    flipped_reads: u64,
     /// Per directory, the children whose live entry changed since its last
     /// fsync: what `fsync_dir` has to persist (so it costs the changes, not
     /// the directory's size).
@@ -119,6 +222,10 @@ struct DiskState {
     /// Bytes of file data reachable by a live name or an open handle (what
     /// `capacity` limits; space is freed at unlink, as on a real disk).
     used: u64,
+    /// Lives of simulated engines ([`PosixDriver::for_life`]) that ended
+    /// without a power cut (a killed instance): their temp files are
+    /// leftovers.
+    ended_lives: BTreeSet<u64>,
 }
 
 /// The crash payload carried inside `io::Error` so the driver reports
@@ -138,6 +245,7 @@ impl std::error::Error for PowerLoss {}
 #[derive(Debug)]
 pub struct SimDisk {
     state: Mutex<DiskState>,
+    swaps: Arc<crate::sync::RwLock<()>>,
 }
 
 /// A handle to an open file: dead after a crash.
@@ -162,6 +270,18 @@ impl Drop for SimFile {
             st.maybe_free(self.inode);
         }
     }
+}
+
+/// Where an interior tear of a `len`-byte write falls: a stretch of at
+/// most one 512-byte sector, never touching its first or last byte (so the
+/// damage is inside the file, not at its end). `None` if too short.
+fn hole_inside(len: usize, r: u64) -> Option<Range<usize>> {
+    if len < 3 {
+        return None;
+    }
+    let size = (len - 2).min(512);
+    let start = 1 + (r % (len - 1 - size) as u64) as usize;
+    Some(start..start + size)
 }
 
 fn parent_of(path: &str) -> &str {
@@ -364,27 +484,42 @@ impl DiskState {
         self.crashes += 1;
         self.generation += 1;
         self.powered_off = true;
-        let torn = self.last_write.take().filter(|_| self.faults.torn_writes);
+        let tearing = self.faults.torn_writes || self.faults.torn_inside;
+        let torn = self.last_write.take().filter(|_| tearing);
         let tear = torn.map(|t| (t, self.next_random()));
+        let inside = self.faults.torn_inside;
         let mut torn_inode = None;
         for (id, inode) in &mut self.inodes {
             inode.open = 0;
-            let mut survivor = inode.durable.clone();
+            let durable = &inode.durable;
+            let live = inode.live.as_slice();
+            let mut survivor = durable.clone();
             // A tear keeps part of the last write, and only when that write
             // extended what was durable (an append, as our writers do).
             if let Some(((torn_id, before), r)) = tear
                 && torn_id == *id
-                && before == survivor.len()
-                && inode.live.len() > before
-                && inode.live.starts_with(&survivor)
+                && before == durable.len()
+                && live.len() > before
+                && live.starts_with(durable)
             {
-                let extra = (r % (inode.live.len() - before) as u64) as usize;
-                survivor.extend_from_slice(&inode.live[before..before + extra]);
-                if extra > 0 {
-                    torn_inode = Some(*id);
+                let written = &live[before..];
+                let mut torn = durable.to_vec();
+                if inside {
+                    if let Some(hole) = hole_inside(written.len(), r) {
+                        torn.extend_from_slice(written);
+                        torn[before + hole.start..before + hole.end].fill(0);
+                        torn_inode = Some(*id);
+                    }
+                } else {
+                    let extra = (r % written.len() as u64) as usize;
+                    torn.extend_from_slice(&written[..extra]);
+                    if extra > 0 {
+                        torn_inode = Some(*id);
+                    }
                 }
+                survivor = Bytes::from(torn);
             }
-            inode.live = survivor;
+            inode.live = Content::Shared(survivor);
         }
         let live = self.reachable_durable();
         // A tear counts when a name still reaches the torn bytes.
@@ -425,6 +560,7 @@ impl SimDisk {
                 rng: seed | 1,
                 ..DiskState::default()
             }),
+            swaps: Arc::new(crate::sync::RwLock::new(())),
         })
     }
 
@@ -482,6 +618,22 @@ impl SimDisk {
         self.state.lock().unwrap().ops_since_power_on
     }
 
+    /// The engine of life `life` ([`PosixDriver::for_life`]) was killed: its
+    /// writes in progress are leftovers now.
+    pub fn end_life(&self, life: u64) {
+        assert_ne!(
+            life, 0,
+            "life 0 is the single engine's, ended only by a power cut"
+        );
+        self.state.lock().unwrap().ended_lives.insert(life);
+    }
+
+    /// Compare-and-swap on this disk's objects is atomic between every
+    /// driver over it: they all take this lock ([`super::ObjectDriver`]).
+    pub(crate) fn swap_lock(&self) -> Arc<crate::sync::RwLock<()>> {
+        self.swaps.clone()
+    }
+
     /// Power losses so far.
     pub fn crashes(&self) -> u64 {
         self.state.lock().unwrap().crashes
@@ -493,6 +645,11 @@ impl SimDisk {
     /// something that survived the crash.
     pub fn torn_writes_applied(&self) -> u64 {
         self.state.lock().unwrap().tears
+    }
+
+    /// Reads answered with a flipped bit so far ([`SimFaults::read_flips`]).
+    pub fn flipped_reads(&self) -> u64 {
+        self.state.lock().unwrap().flipped_reads
     }
 
     /// Bytes of file data held (what `capacity` limits).
@@ -512,16 +669,31 @@ impl SimDisk {
         if inode.live.is_empty() {
             return false;
         }
-        inode.live[0] ^= 0xff;
-        if let Some(b) = inode.durable.first_mut() {
-            *b ^= 0xff;
-        }
+        // Buffers are shared (with the writer, with other files): the
+        // rotten bytes are a copy.
+        let rot = |bytes: &[u8]| {
+            let mut rotten = bytes.to_vec();
+            if let Some(b) = rotten.first_mut() {
+                *b ^= 0xff;
+            }
+            Bytes::from(rotten)
+        };
+        inode.live = Content::Shared(rot(inode.live.as_slice()));
+        inode.durable = rot(&inode.durable);
         true
     }
 
     /// Every file path and its bytes as a crash right now would leave them,
     /// without crashing. For checkers that compare images.
     pub fn durable_image(&self) -> BTreeMap<String, Vec<u8>> {
+        self.durable_files()
+            .into_iter()
+            .map(|(path, bytes)| (path, bytes.to_vec()))
+            .collect()
+    }
+
+    /// [`SimDisk::durable_image`] in path order, without copying the bytes.
+    pub fn durable_files(&self) -> Vec<(String, Bytes)> {
         let st = self.state.lock().unwrap();
         st.reachable_durable()
             .into_iter()
@@ -577,6 +749,32 @@ impl PosixFs for Arc<SimDisk> {
         })
     }
 
+    async fn open_truncated(&self, path: &str, len: u64) -> io::Result<SimFile> {
+        let (inode, generation) = self.with(false, |st| {
+            let id = st.file(path)?;
+            let inode = st.inodes.get_mut(&id).expect("a name's inode exists");
+            let cut = usize::try_from(len).map_err(io::Error::other)?;
+            let Some(dropped) = inode.live.len().checked_sub(cut) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "shorter than its checkpoint",
+                ));
+            };
+            inode.live.truncate(cut);
+            inode.open += 1;
+            st.used -= dropped as u64;
+            if st.last_write.is_some_and(|(w, _)| w == id) {
+                st.last_write = None;
+            }
+            Ok((id, st.generation))
+        })?;
+        Ok(SimFile {
+            inode,
+            generation,
+            disk: self.clone(),
+        })
+    }
+
     async fn write(&self, file: &mut SimFile, data: Bytes) -> io::Result<()> {
         self.with(true, |st| {
             if let Some(cap) = st.faults.capacity
@@ -586,9 +784,10 @@ impl PosixFs for Arc<SimDisk> {
             }
             let inode = st.handle(file)?;
             let before = inode.live.len();
-            inode.live.extend_from_slice(&data);
+            let len = data.len() as u64;
+            inode.live.append(data);
             inode.modified = Some(SystemTime::now());
-            st.used += data.len() as u64;
+            st.used += len;
             st.last_write = Some((file.inode, before));
             Ok(())
         })
@@ -602,7 +801,7 @@ impl PosixFs for Arc<SimDisk> {
                 return Ok(());
             }
             let inode = st.handle(file)?;
-            inode.durable = inode.live.clone();
+            inode.durable = inode.live.share();
             if st.last_write.is_some_and(|(id, _)| id == file.inode) {
                 st.last_write = None;
             }
@@ -610,15 +809,29 @@ impl PosixFs for Arc<SimDisk> {
         })
     }
 
-    async fn read_at(&self, path: &str, range: Range<u64>) -> io::Result<Bytes> {
+    async fn read_at(&self, path: &str, range: Option<Range<u64>>) -> io::Result<Bytes> {
         self.with(false, |st| {
             let id = st.file(path)?;
             let data = &st.inodes[&id].live;
+            let range = range.unwrap_or(0..data.len() as u64);
             let (start, end) = (range.start as usize, range.end as usize);
             if end > data.len() || start > end {
                 return Err(err(io::ErrorKind::UnexpectedEof));
             }
-            Ok(Bytes::copy_from_slice(&data[start..end]))
+            let flip = st.faults.read_flips.as_ref().is_some_and(|f| {
+                end > start && f.one_in > 0 && path.contains(f.path_contains.as_str())
+            });
+            if flip {
+                let one_in = st.faults.read_flips.as_ref().map_or(1, |f| f.one_in);
+                if st.next_random() % one_in == 0 {
+                    let mut bytes = st.inodes[&id].live.as_slice()[start..end].to_vec();
+                    let bit = st.next_random() % (bytes.len() as u64 * 8);
+                    bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+                    st.flipped_reads += 1;
+                    return Ok(Bytes::from(bytes));
+                }
+            }
+            Ok(st.inodes[&id].live.read(start..end))
         })
     }
 
@@ -739,13 +952,28 @@ impl PosixFs for Arc<SimDisk> {
             } else {
                 format!("{path}/")
             };
-            Ok(st
-                .live
-                .range::<String, _>(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix))
-                .filter(|(k, _)| !k[prefix.len()..].contains('/'))
-                .map(|(k, e)| (k[prefix.len()..].to_owned(), *e == Entry::Dir))
-                .collect())
+            // The children, in key order. A child directory's subtree is
+            // skipped in one step ("child/..." sorts below "child0"), so a
+            // listing costs the children, not every file below them.
+            let from = |key: &str| {
+                st.live
+                    .range::<str, _>((Bound::Included(key), Bound::Unbounded))
+            };
+            let mut children = Vec::new();
+            let mut entries = from(&prefix);
+            while let Some((key, entry)) = entries.next() {
+                let Some(rest) = key.strip_prefix(&prefix) else {
+                    break;
+                };
+                match rest.find('/') {
+                    None => children.push((rest.to_owned(), *entry == Entry::Dir)),
+                    Some(slash) => {
+                        let past = format!("{prefix}{}0", &rest[..slash]);
+                        entries = from(&past);
+                    }
+                }
+            }
+            Ok(children)
         })
     }
 
@@ -771,12 +999,15 @@ impl PosixFs for Arc<SimDisk> {
 
     /// The boot: everything written before the last power cut was written
     /// by an engine that is gone, whatever process the simulation runs in.
+    /// (The driver adds its engine's life in the upper half.)
     fn writer_id(&self) -> u64 {
         self.crashes()
     }
 
     fn writer_gone(&self, writer: u64, _modified: std::time::SystemTime) -> bool {
-        writer < self.crashes()
+        let (life, boot) = (writer >> 32, writer & 0xffff_ffff);
+        let st = self.state.lock().unwrap();
+        boot < st.crashes || st.ended_lives.contains(&life)
     }
 }
 
