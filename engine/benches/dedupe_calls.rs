@@ -4,6 +4,10 @@
 //! blobstore (reference rows, no markers). Calls are counted, not timed, so
 //! the figures are exact and machine-independent.
 //!
+//! The same counts on a real S3 API (the `s3` driver on moto_server), two
+//! ways: by the driver wrapper, as everywhere, and independently from
+//! moto's request recorder (every HTTP request the server received).
+//!
 //! `cargo bench -p engine --bench dedupe_calls` prints the table and writes
 //! `target/ocistore-bench/dedupe_calls.json` for the report generator, then
 //! criterion times the same push with 1 ms per call, per lock policy.
@@ -22,7 +26,9 @@ use engine::driver::{CallCounts, CallKind, Driver, ObjectDriver};
 use engine::meta::MemoryMeta;
 use engine::oci::media;
 use engine::{LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
+use ocistore_s3::{S3Config, S3Driver};
 use serde_json::json;
+use testkit::moto::Moto;
 
 const LAYERS: u64 = 5;
 
@@ -75,8 +81,47 @@ async fn markers(store: &Store) -> usize {
     n
 }
 
-async fn measure(layout: LayoutKind, flow: Flow) -> (CallCounts, usize) {
-    let driver: Arc<dyn Driver> = Arc::new(ObjectDriver::in_memory());
+/// Where the pushes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// The `object` driver in memory: the emulation.
+    Emulated,
+    /// The `s3` driver on a fresh bucket of a local moto_server.
+    S3,
+}
+
+impl Backend {
+    fn label(self) -> &'static str {
+        match self {
+            Backend::Emulated => "object (emulated)",
+            Backend::S3 => "s3 (moto)",
+        }
+    }
+}
+
+/// What one re-push cost.
+struct Measured {
+    calls: CallCounts,
+    markers: usize,
+    /// HTTP requests moto received for the re-push (S3 only).
+    server_requests: Option<u64>,
+}
+
+async fn measure(layout: LayoutKind, flow: Flow, backend: Backend) -> Measured {
+    let moto = (backend == Backend::S3).then(Moto::shared);
+    if let Some(moto) = moto {
+        moto.record();
+    }
+    let driver: Arc<dyn Driver> = match moto {
+        None => Arc::new(ObjectDriver::in_memory()),
+        Some(moto) => Arc::new(
+            S3Driver::open(S3Config::for_test_server(
+                moto.endpoint(),
+                moto.bucket("dedupe"),
+            ))
+            .unwrap(),
+        ),
+    };
     let config = StoreConfig {
         layout,
         policy: LockPolicy::Striped,
@@ -92,10 +137,16 @@ async fn measure(layout: LayoutKind, flow: Flow) -> (CallCounts, usize) {
         flow,
     )
     .await;
+    let requests_before = moto.map(Moto::requests);
     let before = store.metrics().calls;
     push(&store, &RepoName::parse("team/app").unwrap(), &img, flow).await;
     let calls = store.metrics().calls.since(&before);
-    (calls, markers(&store).await)
+    let server_requests = moto.map(|m| m.requests() - requests_before.unwrap());
+    Measured {
+        calls,
+        markers: markers(&store).await,
+        server_requests,
+    }
 }
 
 /// criterion: the time of the same push on a remote model (1 ms per call),
@@ -147,38 +198,40 @@ fn main() {
 
 /// The exact counts, printed and written for the report.
 async fn counted() {
+    println!("backend calls to push a {LAYERS}-layer image already stored in another repository\n");
     println!(
-        "backend calls to push a {LAYERS}-layer image already stored in another repository (object driver)\n"
-    );
-    println!(
-        "{:<11} {:<10} {:>6} {:>8}  {:<40}",
-        "flow", "layout", "calls", "markers", "by kind"
+        "{:<18} {:<11} {:<10} {:>6} {:>8} {:>8}  {:<40}",
+        "backend", "flow", "layout", "calls", "requests", "markers", "by kind"
     );
     let mut rows = Vec::new();
-    for flow in [Flow::Monolithic, Flow::Chunked] {
-        let (legacy, legacy_markers) = measure(LayoutKind::Legacy, flow).await;
-        let (blobstore, blobstore_markers) = measure(LayoutKind::Blobstore, flow).await;
-        for (name, c, m) in [
-            ("legacy", &legacy, legacy_markers),
-            ("blobstore", &blobstore, blobstore_markers),
-        ] {
+    for backend in [Backend::Emulated, Backend::S3] {
+        for flow in [Flow::Monolithic, Flow::Chunked] {
+            let legacy = measure(LayoutKind::Legacy, flow, backend).await;
+            let blobstore = measure(LayoutKind::Blobstore, flow, backend).await;
+            for (name, m) in [("legacy", &legacy), ("blobstore", &blobstore)] {
+                let c = &m.calls;
+                println!(
+                    "{:<18} {:<11} {:<10} {:>6} {:>8} {:>8}  {c}",
+                    backend.label(),
+                    format!("{flow:?}").to_lowercase(),
+                    name,
+                    c.total(),
+                    m.server_requests.map_or("-".into(), |n| n.to_string()),
+                    m.markers
+                );
+                rows.push(json!({
+                    "backend": backend.label(),
+                    "flow": format!("{flow:?}").to_lowercase(), "layout": name, "calls": c.total(), "markers": m.markers,
+                    "server_requests": m.server_requests,
+                    "by_kind": CallKind::ALL.iter().map(|k| (k.as_str().to_owned(), json!(c.get(*k)))).collect::<serde_json::Map<_, _>>(),
+                }));
+            }
+            let ratio = blobstore.calls.total() as f64 / legacy.calls.total() as f64;
             println!(
-                "{:<11} {:<10} {:>6} {:>8}  {c}",
-                format!("{flow:?}").to_lowercase(),
-                name,
-                c.total(),
-                m
+                "{:<18} {:<11} blobstore/legacy = {ratio:.2} (target <= 0.50), blobstore markers = {}\n",
+                "", "", blobstore.markers
             );
-            rows.push(json!({
-                "flow": format!("{flow:?}").to_lowercase(), "layout": name, "calls": c.total(), "markers": m,
-                "by_kind": CallKind::ALL.iter().map(|k| (k.as_str().to_owned(), json!(c.get(*k)))).collect::<serde_json::Map<_, _>>(),
-            }));
         }
-        let ratio = blobstore.total() as f64 / legacy.total() as f64;
-        println!(
-            "{:<11} blobstore/legacy = {ratio:.2} (target <= 0.50), blobstore markers = {blobstore_markers}\n",
-            ""
-        );
     }
     common::write_results("dedupe_calls", &serde_json::Value::Array(rows));
 }

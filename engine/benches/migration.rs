@@ -10,6 +10,11 @@
 //! legacy store per iteration, built outside the timing), then one run of
 //! 1,000 repositories checks the byte counts and fsck.
 //!
+//! Then the same on a real S3 API (the `s3` driver on moto_server) at a
+//! smaller scale ([`S3_REPOS`]: every call is an HTTP round trip), with the
+//! backend calls counted by the driver wrapper and, independently, by
+//! moto's request recorder.
+//!
 //! `cargo bench -p engine --bench migration`; results also go to
 //! `target/ocistore-bench/migration.json` for the report.
 
@@ -26,17 +31,21 @@ use std::time::{Duration, Instant};
 
 use common::blob;
 use criterion::{BatchSize, BenchmarkId, Throughput};
-use engine::driver::{Driver, ObjectDriver, SimDisk, SimDriver};
+use engine::driver::{Driver, Instrumented, ObjectDriver, SimDisk, SimDriver};
 use engine::meta::{MemoryMeta, MetaStore};
 use engine::migrate::migrate_in_place;
 use engine::oci::media;
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig};
+use ocistore_s3::{S3Config, S3Driver};
 use serde_json::json;
+use testkit::moto::Moto;
 
 const REPOS: u64 = 1_000;
 const IMAGES_PER_REPO: u64 = 2;
 /// config + 3 layers + the manifest = 5 memberships per image: 10,000 in all.
 const SHARED: u64 = 300;
+/// Repositories of the S3 run.
+const S3_REPOS: u64 = 40;
 
 /// Fills a legacy store with `repos` repositories; returns the blob
 /// memberships pushed and the unique content bytes.
@@ -93,6 +102,8 @@ enum Backend {
     Local,
     /// An object store: markers, so digests are copied into `_blobstore`.
     Object,
+    /// The `s3` driver on a fresh bucket of a local moto_server.
+    S3,
 }
 
 impl Backend {
@@ -100,6 +111,14 @@ impl Backend {
         match self {
             Backend::Local => "local",
             Backend::Object => "object",
+            Backend::S3 => "s3 (moto)",
+        }
+    }
+
+    fn repos(self) -> u64 {
+        match self {
+            Backend::S3 => S3_REPOS,
+            _ => REPOS,
         }
     }
 
@@ -107,6 +126,16 @@ impl Backend {
         match self {
             Backend::Local => Arc::new(SimDriver::on(SimDisk::new())),
             Backend::Object => Arc::new(ObjectDriver::in_memory()),
+            Backend::S3 => {
+                let moto = Moto::shared();
+                Arc::new(
+                    S3Driver::open(S3Config::for_test_server(
+                        moto.endpoint(),
+                        moto.bucket("migration"),
+                    ))
+                    .unwrap(),
+                )
+            }
         }
     }
 }
@@ -147,23 +176,32 @@ fn main() {
         group.finish();
     }
     c.final_summary();
-    let runs: Vec<_> = [Backend::Local, Backend::Object]
+    let runs: Vec<_> = [Backend::Local, Backend::Object, Backend::S3]
         .into_iter()
         .map(|b| rt.block_on(at_scale(b)))
         .collect();
     common::write_results("migration", &json!({ "runs": runs }));
 }
 
-/// One migration of [`REPOS`] repositories, with its byte counts checked.
+/// One migration of [`Backend::repos`] repositories, with its byte counts
+/// checked and its backend calls counted.
 async fn at_scale(backend: Backend) -> serde_json::Value {
-    let (label, driver) = (backend.name(), backend.driver());
+    let (label, repos, driver) = (backend.name(), backend.repos(), backend.driver());
     let meta: Arc<dyn MetaStore> = Arc::new(MemoryMeta::new());
-    let (memberships, unique_bytes) = legacy(driver.clone(), meta.clone(), REPOS).await;
+    let (memberships, unique_bytes) = legacy(driver.clone(), meta.clone(), repos).await;
+    let moto = matches!(backend, Backend::S3).then(Moto::shared);
+    let requests_before = moto.map(|m| {
+        m.record();
+        m.requests()
+    });
+    let counted = Arc::new(Instrumented::new(driver.clone()));
     let started = Instant::now();
-    let report = migrate_in_place(driver.clone(), meta.clone(), &|_, _| {})
+    let report = migrate_in_place(counted.clone(), meta.clone(), &|_, _| {})
         .await
         .unwrap();
     let secs = started.elapsed().as_secs_f64();
+    let calls = counted.counts();
+    let server_requests = moto.map(|m| m.requests() - requests_before.unwrap());
     let processed = report.blobs_relinked + report.legacy_objects_removed + report.markers_removed;
     println!("{label}:");
     println!(
@@ -203,9 +241,15 @@ async fn at_scale(backend: Backend) -> serde_json::Value {
         .into_iter()
         .filter(|f| f.is_error())
         .count();
+    println!(
+        "  backend calls {} ({calls}){}",
+        calls.total(),
+        server_requests.map_or(String::new(), |n| format!(", requests moto saw {n}"))
+    );
     println!("  fsck after: {errors} error(s)\n");
     assert_eq!(errors, 0);
-    json!({"backend": label, "repos": REPOS, "memberships": memberships, "blobs": processed, "secs": secs,
+    json!({"backend": label, "repos": repos, "memberships": memberships, "blobs": processed, "secs": secs,
             "blobs_per_sec": processed as f64 / secs, "bytes_copied": report.bytes_copied,
-            "unique_bytes": unique_bytes, "digests_copied": report.blobs_copied})
+            "unique_bytes": unique_bytes, "digests_copied": report.blobs_copied,
+            "calls": calls.total(), "server_requests": server_requests})
 }

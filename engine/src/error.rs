@@ -93,6 +93,9 @@ pub enum StoreError {
     Storage(#[from] DriverError),
     #[error("metadata: {0}")]
     Meta(#[from] MetaError),
+    /// Shared locks could not be taken or were lost (several instances).
+    #[error("locks: {0}")]
+    Lock(#[from] crate::lock::LockError),
     /// Stored state that the store did not write (a damaged index.json, a
     /// store configured differently). Reported, never "repaired" silently.
     #[error("corrupt store: {0}")]
@@ -104,6 +107,16 @@ impl StoreError {
     /// nothing changed, and the same write may succeed once space is freed.
     pub fn is_no_space(&self) -> bool {
         matches!(self, StoreError::Storage(d) if d.is_no_space())
+    }
+
+    /// Nothing changed, and the same request may succeed if sent again:
+    /// shared locks were unavailable or lost, or another instance changed
+    /// the state the request was decided on (several instances, DESIGN §15).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Lock(_) | StoreError::Meta(MetaError::Conflict { .. })
+        )
     }
 
     /// The OCI error code, or `None` for a storage failure (HTTP 500).
@@ -124,7 +137,10 @@ impl StoreError {
             StoreError::ManifestBlobUnknown { .. } => ErrorCode::ManifestBlobUnknown,
             StoreError::Unsupported { .. } => ErrorCode::Unsupported,
             StoreError::Denied { .. } => ErrorCode::Denied,
-            StoreError::Storage(_) | StoreError::Meta(_) | StoreError::Corrupt(_) => return None,
+            StoreError::Storage(_)
+            | StoreError::Meta(_)
+            | StoreError::Lock(_)
+            | StoreError::Corrupt(_) => return None,
         })
     }
 }

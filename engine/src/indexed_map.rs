@@ -12,7 +12,7 @@
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, btree_map};
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::ops::RangeBounds;
 
 /// Both maps hold every entry; keys and values are cloned into both, so
@@ -20,14 +20,62 @@ use std::ops::RangeBounds;
 #[derive(Debug, Clone)]
 pub(crate) struct IndexedMap<K, V> {
     ordered: BTreeMap<K, V>,
-    hashed: HashMap<K, V>,
+    hashed: HashMap<K, V, BuildHasherDefault<WordHasher>>,
+}
+
+/// The hash of the point-read index: a multiply-rotate over 8-byte words
+/// (the `FxHasher` of rustc). SipHash, the default, spent more time
+/// hashing a simulated disk's path than the lookup took. Not keyed, so
+/// chosen keys can collide on purpose: fine for the in-memory backends of
+/// the lab and the simulator, whose keys the store itself builds; a
+/// backend serving untrusted keys at scale would want the default.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct WordHasher(u64);
+
+impl WordHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl<K, V> Default for IndexedMap<K, V> {
     fn default() -> Self {
         IndexedMap {
             ordered: BTreeMap::new(),
-            hashed: HashMap::new(),
+            hashed: HashMap::default(),
         }
     }
 }

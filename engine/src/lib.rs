@@ -24,6 +24,7 @@ pub mod error;
 pub mod gc;
 mod indexed_map;
 pub mod layout;
+mod lease;
 pub mod lock;
 pub mod meta;
 pub mod migrate;

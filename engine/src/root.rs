@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::driver::{Driver, DriverPath, PutMode};
 use crate::error::{StoreError, StoreResult};
 use crate::layout::LayoutKind;
+use crate::lease::Lease;
 use crate::lock::LockPolicy;
 use crate::meta::{Batch, MetaStore, Table};
 use crate::oci::names::RepoName;
@@ -90,17 +91,29 @@ pub async fn migration_in_progress(meta: &dyn MetaStore) -> StoreResult<bool> {
     Ok(meta.get(Table::MIGRATION, STATE).await?.as_deref() == Some(RUNNING))
 }
 
-/// From here on, stores refuse to open the root until the migration is done.
-pub(crate) async fn mark_migration_running(meta: &dyn MetaStore) -> StoreResult<()> {
-    Ok(meta
-        .commit(Batch::new().put(Table::MIGRATION, STATE, RUNNING))
-        .await?)
+/// `batch`, fenced by the migration's lease when there is one.
+fn fenced(batch: Batch, lease: Option<&Lease>) -> Batch {
+    match lease {
+        Some(lease) => lease.fence(batch),
+        None => batch,
+    }
 }
 
-pub(crate) async fn mark_migration_done(meta: &dyn MetaStore) -> StoreResult<()> {
-    Ok(meta
-        .commit(Batch::new().put(Table::MIGRATION, STATE, DONE))
-        .await?)
+/// From here on, stores refuse to open the root until the migration is done.
+pub(crate) async fn mark_migration_running(
+    meta: &dyn MetaStore,
+    lease: Option<&Lease>,
+) -> StoreResult<()> {
+    let batch = Batch::new().put(Table::MIGRATION, STATE, RUNNING);
+    Ok(meta.commit(fenced(batch, lease)).await?)
+}
+
+pub(crate) async fn mark_migration_done(
+    meta: &dyn MetaStore,
+    lease: Option<&Lease>,
+) -> StoreResult<()> {
+    let batch = Batch::new().put(Table::MIGRATION, STATE, DONE);
+    Ok(meta.commit(fenced(batch, lease)).await?)
 }
 
 /// Whether a run (this one or an interrupted one) finished `repo`.
@@ -112,8 +125,11 @@ pub(crate) async fn repo_migrated(meta: &dyn MetaStore, repo: &RepoName) -> Stor
         == Some(DONE))
 }
 
-pub(crate) async fn mark_repo_migrated(meta: &dyn MetaStore, repo: &RepoName) -> StoreResult<()> {
-    Ok(meta
-        .commit(Batch::new().put(Table::MIGRATION, repo_key(repo), DONE))
-        .await?)
+pub(crate) async fn mark_repo_migrated(
+    meta: &dyn MetaStore,
+    repo: &RepoName,
+    lease: Option<&Lease>,
+) -> StoreResult<()> {
+    let batch = Batch::new().put(Table::MIGRATION, repo_key(repo), DONE);
+    Ok(meta.commit(fenced(batch, lease)).await?)
 }

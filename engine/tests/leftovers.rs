@@ -33,6 +33,7 @@ fn plant(root: &Path, dir: &str, pid: u32, n: u64, len: usize) -> String {
 
 #[tokio::test]
 async fn the_driver_lists_only_temp_files_of_dead_writers() {
+    let opened = SystemTime::now();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let driver = FsDriver::open(&root).unwrap();
@@ -41,6 +42,21 @@ async fn the_driver_lists_only_temp_files_of_dead_writers() {
     let mut live = driver.writer(&target, PutMode::IfAbsent).await.unwrap();
     live.write(Bytes::from_static(b"in progress"))
         .await
+        .unwrap();
+    // The kernel stamps files from a coarse clock, so a file made just
+    // after the process started can carry an mtime before its start (CI
+    // listed this live file as a leftover). Make that lag certain.
+    let ours = format!(".ocistore-tmp.{}.", std::process::id());
+    let live_temp = std::fs::read_dir(root.join("_blobstore/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&ours))
+        .expect("the live writer's temp file");
+    std::fs::File::options()
+        .write(true)
+        .open(&live_temp)
+        .unwrap()
+        .set_modified(opened - Duration::from_millis(500))
         .unwrap();
 
     let dead = dead_pid();

@@ -34,6 +34,7 @@ use engine::migrate::sync::sync_stores;
 use engine::oci::media;
 use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig, StoreError};
 use loom::future::block_on;
+use testkit::oci;
 
 // ---------------------------------------------------------------- the world
 
@@ -92,20 +93,8 @@ impl Image {
     }
 
     fn body(self) -> Bytes {
-        let [config, layer] = self.blobs();
-        let desc = |mt: &str, b: Blob| {
-            format!(
-                r#"{{"mediaType":"{mt}","digest":"{}","size":{}}}"#,
-                b.digest(),
-                b.bytes().len()
-            )
-        };
-        Bytes::from(format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","config":{},"layers":[{}]}}"#,
-            media::OCI_MANIFEST,
-            desc(media::OCI_CONFIG, config),
-            desc(media::OCI_LAYER, layer)
-        ))
+        let [config, layer] = self.blobs().map(|b| (b.digest(), b.bytes()));
+        oci::Image::new(&config, &[layer]).build().bytes
     }
 }
 

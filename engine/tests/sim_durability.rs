@@ -168,6 +168,33 @@ async fn the_driver_makes_new_directories_durable() {
     assert_eq!(image(&disk)["a/b/c/obj"], pattern(1, 100).to_vec());
 }
 
+/// A listing names the children only, in order, however deep the tree
+/// below them, with names that sort around a child directory's subtree
+/// (`b-x` and `b.y` before `b/`, `z` after it).
+#[tokio::test]
+async fn a_listing_names_the_children_only() {
+    let disk = SimDisk::new();
+    for dir in ["a", "a/b", "a/b/c", "a/e"] {
+        disk.mkdir(dir).await.unwrap();
+    }
+    for file in ["a/b-x", "a/b.y", "a/b/c/f", "a/b/g", "a/e/h", "a/z", "top"] {
+        disk.create_new(file).await.unwrap();
+    }
+    let listed = |entries: Vec<(String, bool)>| {
+        entries
+            .into_iter()
+            .map(|(name, dir)| format!("{name}{}", if dir { "/" } else { "" }))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(disk.read_dir("a").await.unwrap()),
+        ["b/", "b-x", "b.y", "e/", "z"]
+    );
+    assert_eq!(listed(disk.read_dir("a/b").await.unwrap()), ["c/", "g"]);
+    assert_eq!(listed(disk.read_dir("").await.unwrap()), ["a/", "top"]);
+    assert!(disk.read_dir("a/e/h").await.is_err());
+}
+
 #[tokio::test]
 async fn capacity_stops_a_write_midway_and_nothing_becomes_visible() {
     let disk = SimDisk::with_faults(
@@ -270,7 +297,7 @@ const WORKLOAD_PATHS: [&str; 5] = ["r/old", "r/new", "blobs/x", "blobs/y", "repo
 
 /// Runs the workload with a crash after every possible disk call. Returns
 /// the number of calls and of crashes that tore a write.
-async fn crash_sweep(torn_writes: bool) -> (u64, u64) {
+async fn crash_sweep(torn_writes: bool, torn_inside: bool) -> (u64, u64) {
     let mut k = 0;
     let mut tears = 0;
     loop {
@@ -289,6 +316,7 @@ async fn crash_sweep(torn_writes: bool) -> (u64, u64) {
         disk.set_faults(SimFaults {
             crash_after_ops: Some(k),
             torn_writes,
+            torn_inside,
             ..SimFaults::default()
         });
         let finished = workload(&d, &mut e).await;
@@ -339,20 +367,88 @@ async fn crash_sweep(torn_writes: bool) -> (u64, u64) {
 
 #[tokio::test]
 async fn crash_after_every_disk_call_loses_nothing_acknowledged() {
-    let (calls, tears) = crash_sweep(false).await;
+    let (calls, tears) = crash_sweep(false, false).await;
     assert!(calls > 20, "the sweep covered only {calls} calls");
     assert_eq!(tears, 0, "a write tore with torn writes off");
 }
 
 #[tokio::test]
 async fn torn_writes_never_become_visible() {
-    let (calls, tears) = crash_sweep(true).await;
+    let (calls, tears) = crash_sweep(true, false).await;
     // Most crash points fall after a synced write, and a tear that no
     // surviving name reaches proves nothing: at least one must have landed.
     assert!(
         tears > 0,
         "none of {calls} crashes tore a write a name still reaches: the sweep tested no tear"
     );
+}
+
+#[tokio::test]
+async fn writes_torn_inside_never_become_visible() {
+    let (calls, tears) = crash_sweep(false, true).await;
+    assert!(
+        tears > 0,
+        "none of {calls} crashes tore a write inside a file a name still reaches"
+    );
+}
+
+#[tokio::test]
+async fn a_tear_inside_keeps_the_length_and_zeroes_a_stretch_within() {
+    let disk = SimDisk::with_faults(
+        SimFaults {
+            torn_inside: true,
+            ..SimFaults::default()
+        },
+        7,
+    );
+    let mut f = disk.create_new("f").await.unwrap();
+    disk.fsync_dir("").await.unwrap();
+    let data = vec![0xab_u8; 4000];
+    disk.write(&mut f, Bytes::from(data.clone())).await.unwrap();
+    drop(f);
+    disk.crash();
+    // What the restarted machine reads (a tear lands in the live bytes).
+    let after = SimDriver::on(disk.clone())
+        .get(&p("f"), None)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), data.len(), "an interior tear keeps the length");
+    assert_eq!((after[0], after[after.len() - 1]), (0xab, 0xab));
+    let zeroed = after.iter().filter(|b| **b == 0).count();
+    assert!((1..=512).contains(&zeroed), "{zeroed} bytes zeroed");
+    assert_eq!(disk.torn_writes_applied(), 1);
+}
+
+#[tokio::test]
+async fn read_flips_corrupt_what_a_read_returns_never_what_is_stored() {
+    let disk = SimDisk::new();
+    let d = SimDriver::on(disk.clone());
+    d.put(&p("blobs/x"), pattern(3, 3000), PutMode::Overwrite)
+        .await
+        .unwrap();
+    d.put(&p("r/old"), pattern(4, 3000), PutMode::Overwrite)
+        .await
+        .unwrap();
+    disk.set_faults(SimFaults {
+        read_flips: Some(engine::driver::sim::ReadFlips {
+            one_in: 1,
+            path_contains: "blobs/".into(),
+        }),
+        ..SimFaults::default()
+    });
+    let read = d.get(&p("blobs/x"), None).await.unwrap();
+    let differing: u32 = read
+        .iter()
+        .zip(pattern(3, 3000).iter())
+        .map(|(a, b)| (a ^ b).count_ones())
+        .sum();
+    assert_eq!(differing, 1, "one bit flipped");
+    assert_eq!(disk.flipped_reads(), 1);
+    // Other paths read clean; the stored bytes were never touched.
+    assert_eq!(d.get(&p("r/old"), None).await.unwrap(), pattern(4, 3000));
+    assert_eq!(image(&disk)["blobs/x"], pattern(3, 3000).to_vec());
+    disk.set_faults(SimFaults::default());
+    assert_eq!(d.get(&p("blobs/x"), None).await.unwrap(), pattern(3, 3000));
 }
 
 /// Sweeps "no space" over every disk call of [`workload`] on a driver that

@@ -217,6 +217,29 @@ async fn one_manifest_three_tags(h: &Harness) {
         .unwrap();
 }
 
+/// index.json replaced from outside the store (another process, a
+/// restore) is what the next read sees: the store may reuse its parse of
+/// bytes it read before, never of other bytes.
+async fn index_json_replaced_from_outside_is_read_again(h: &Harness) {
+    let s = &h.store;
+    let r = repo("outside");
+    let names = |v: Vec<engine::Tag>| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    push_image(s, &r, &image(4, 1), Some("a")).await;
+    assert_eq!(names(s.tags(&r, None, None).await.unwrap()), ["a"]);
+    let path = engine::layout::index_json(&r);
+    let before = s.driver().get(&path, None).await.unwrap();
+    push_image(s, &r, &image(5, 1), Some("b")).await;
+    assert_eq!(names(s.tags(&r, None, None).await.unwrap()), ["a", "b"]);
+    let after = s.driver().get(&path, None).await.unwrap();
+    for (bytes, tags) in [(before, vec!["a"]), (after, vec!["a", "b"])] {
+        s.driver()
+            .put(&path, bytes, PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(names(s.tags(&r, None, None).await.unwrap()), tags);
+    }
+}
+
 async fn delete_by_digest_and_blob_deletion_rules(h: &Harness) {
     let s = &h.store;
     let r = repo("del");
@@ -565,6 +588,7 @@ behaviours!(
     chunked_uploads_check_ranges_and_sizes,
     bad_manifests_are_refused_and_change_nothing,
     one_manifest_three_tags,
+    index_json_replaced_from_outside_is_read_again,
     delete_by_digest_and_blob_deletion_rules,
     index_protects_its_children,
     corrupt_blob_is_missing_and_a_repush_heals_it,
@@ -642,6 +666,19 @@ async fn every_layout_policy_and_driver() {
         let label = format!("{layout}/{policy}/{backend:?}");
         // Run each combination as its own task so a panic names it.
         let result = tokio::spawn(run_all(layout, policy, backend)).await;
+        if let Err(e) = result {
+            panic!("{label}: {e}");
+        }
+    }
+}
+
+/// The whole suite on a real S3 API (moto), both layouts: one lock policy
+/// is enough, the policies are the engine's and the backend is the subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_layouts_on_s3() {
+    for layout in [LayoutKind::Legacy, LayoutKind::Blobstore] {
+        let label = format!("{layout}/S3");
+        let result = tokio::spawn(run_all(layout, engine::LockPolicy::Striped, Backend::S3)).await;
         if let Err(e) = result {
             panic!("{label}: {e}");
         }

@@ -12,7 +12,7 @@
 //! without an artifact-type filter; a whole GC pass with delay 0 (what it
 //! removes is compared with what the model says it keeps); and a restart of
 //! the store over the same driver and metadata, with a power cut first on
-//! the sim disk.
+//! the sim disk (upload sessions survive it with their acknowledged chunks).
 //!
 //! Cases per configuration: `PROPTEST_CASES`, else [`DEFAULT_CASES`].
 //! `broken_*` tests run the same checker over a store whose driver has a
@@ -673,14 +673,9 @@ impl Model {
                 }
             }
             Op::Gc => Gc(self.gc(w)),
-            Op::Reopen(_) => {
-                // Acknowledged content survives a restart and a power cut;
-                // upload sessions live in the process and end with it.
-                for s in &mut self.sessions {
-                    s.open = false;
-                }
-                Ok
-            }
+            // Acknowledged content survives a restart and a power cut,
+            // upload sessions and their acknowledged chunks included.
+            Op::Reopen(_) => Ok,
             Op::Chunk(..) | Op::Finish(..) => unreachable!("resolved into a step"),
             Op::PushImage(..) => unreachable!("expanded into steps"),
         }

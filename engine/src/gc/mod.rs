@@ -27,10 +27,14 @@
 //! index its children, a manifest its config and layers, a subject its
 //! referrers. An upload session ages from its last chunk and is never
 //! cancelled during one of its calls; a repository with an open session is
-//! not empty.
+//! not empty. A session recorded by an earlier process (dormant: it
+//! survived a restart) ages from its last acknowledged chunk too; its
+//! staged bytes are kept from leftover reclamation until it expires, and
+//! then go with its record.
 //!
 //! [`BlobLayout::sweep`]: crate::layout::BlobLayout::sweep
 
+mod fenced;
 mod marks;
 mod reach;
 
@@ -50,7 +54,7 @@ use crate::lock::{Domain, Intent, Mode};
 use crate::meta::{Batch, Table};
 use crate::oci::index_rows::{IndexRow, IndexRows};
 use crate::oci::names::RepoName;
-use crate::store::{Store, corrupt_index};
+use crate::store::{Store, StoreGuard, corrupt_index};
 use crate::sync::Instant;
 
 /// How a pass behaves.
@@ -65,6 +69,10 @@ pub struct GcOptions {
     /// cancelled. Never less than `delay`: the larger of the two applies. A
     /// session in the middle of one of its calls is never cancelled.
     pub upload_timeout: Duration,
+    /// With several instances: how long the sweep's lease lasts without
+    /// renewal (renewed at half of it). An instance paused longer than
+    /// this loses the sweep to another, and its next fenced write fails.
+    pub sweep_lease: Duration,
 }
 
 impl GcOptions {
@@ -72,12 +80,16 @@ impl GcOptions {
     /// between chunks while they read their next layer or retry.
     pub const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+    /// How long a sweep's lease lasts by default.
+    pub const DEFAULT_SWEEP_LEASE: Duration = Duration::from_secs(60);
+
     /// A real pass with `delay` and the default upload timeout.
     pub const fn new(delay: Duration) -> GcOptions {
         GcOptions {
             delay,
             dry_run: false,
             upload_timeout: GcOptions::DEFAULT_UPLOAD_TIMEOUT,
+            sweep_lease: GcOptions::DEFAULT_SWEEP_LEASE,
         }
     }
 
@@ -94,6 +106,14 @@ impl GcOptions {
     pub const fn upload_timeout(self, timeout: Duration) -> GcOptions {
         GcOptions {
             upload_timeout: timeout,
+            ..self
+        }
+    }
+
+    /// The same pass, with the sweep's lease lasting `ttl` (several instances).
+    pub const fn sweep_lease(self, ttl: Duration) -> GcOptions {
+        GcOptions {
+            sweep_lease: ttl,
             ..self
         }
     }
@@ -189,7 +209,12 @@ impl Store {
         let mut dropped: HashMap<Digest, u64> = HashMap::new();
         for repo in self.catalog(None, None).await? {
             report.repos_scanned += 1;
-            self.gc_repo(&repo, opts, &mut report, &mut dropped).await?;
+            match self.gc_repo(&repo, opts, &mut report, &mut dropped).await {
+                // Removed meanwhile: another instance's pass found it empty
+                // (with one process, the catalog and the pass agree).
+                Err(StoreError::NameUnknown { .. }) => {}
+                done => done?,
+            }
         }
         self.gc_blobstore(opts, &mut report, &dropped).await?;
         self.gc_leftovers(opts, &mut report).await?;
@@ -328,9 +353,10 @@ impl Store {
         opts: GcOptions,
         report: &mut GcReport,
         seen: &mut Vec<Vec<u8>>,
+        held: &StoreGuard,
     ) -> StoreResult<Option<(Analysis, Vec<Digest>)>> {
-        let body = match self.read_index_bytes(repo).await {
-            Ok(body) => body,
+        let (body, basis) = match self.read_index_bytes_for_update(repo).await {
+            Ok(read) => read,
             Err(StoreError::NameUnknown { .. }) => return Ok(None), // gone meanwhile
             Err(e) => return Err(e),
         };
@@ -376,7 +402,8 @@ impl Store {
             if !opts.dry_run {
                 // The kept rows are written back as they were read.
                 let pruned = index.without(|row| drop_rows.contains(row.digest()));
-                self.write_index_bytes_removing(repo, pruned).await?;
+                self.write_index_bytes_removing(repo, pruned, &basis, held)
+                    .await?;
             }
         }
         let mut candidates = Vec::new();
@@ -386,7 +413,7 @@ impl Store {
             }
         }
         let analysis = Analysis {
-            generation: self.generation(repo),
+            generation: self.index_generation(repo).await?,
             keep,
         };
         Ok(Some((analysis, candidates)))
@@ -401,16 +428,16 @@ impl Store {
     ) -> StoreResult<()> {
         let mut seen = Vec::new();
         let analysed = {
-            let _guard = self.lock(Intent::repo_change(repo)).await;
-            self.analyse(repo, opts, report, &mut seen).await?
+            let guard = self.lock(Intent::repo_change(repo)).await?;
+            self.analyse(repo, opts, report, &mut seen, &guard).await?
         };
         let Some((mut analysis, candidates)) = analysed else {
             return Ok(());
         };
 
         for d in candidates {
-            let _guard = self.lock(Intent::blob_remove(repo, &d)).await;
-            if self.generation(repo) != analysis.generation {
+            let guard = self.lock(Intent::blob_remove(repo, &d)).await?;
+            if self.index_generation(repo).await? != analysis.generation {
                 // A manifest changed since the analysis: recompute what is kept.
                 let body = self.read_index_bytes(repo).await?;
                 let index = IndexRows::parse(&body).map_err(|e| corrupt_index(repo, e))?;
@@ -418,7 +445,7 @@ impl Store {
                 let mut keep = HashSet::new();
                 Store::keep_rows(&mut keep, &rows);
                 analysis = Analysis {
-                    generation: self.generation(repo),
+                    generation: self.index_generation(repo).await?,
                     keep,
                 };
             }
@@ -436,6 +463,7 @@ impl Store {
                 report.add(GcKind::Blob, Some(repo), Some(&d), 0);
                 continue;
             }
+            guard.check()?;
             self.layout().remove(repo, &d).await?;
             // The legacy layout frees bytes when the last holder goes; the
             // blobstore frees them in the sweep.
@@ -451,7 +479,8 @@ impl Store {
         self.gc_uploads(repo, opts, report).await?;
         self.clear_marks(repo.as_str(), &seen, opts).await?;
         if !opts.dry_run {
-            let _guard = self.lock(Intent::repo_change(repo)).await;
+            let guard = self.lock(Intent::repo_change(repo)).await?;
+            guard.check()?;
             self.remove_if_empty(repo, report).await?;
         }
         Ok(())
@@ -472,13 +501,14 @@ impl Store {
         for id in self.uploads().idle_sessions(repo, idle_since) {
             if opts.dry_run {
                 report.add(GcKind::Upload, Some(repo), None, 0);
-            } else if self.uploads().cancel_if_idle(&id, idle_since).await? {
+            } else if self.cancel_upload_if_idle(&id, idle_since).await? {
                 // A chunk that arrived since the listing kept it alive.
                 report.add(GcKind::Upload, Some(repo), None, 0);
             }
         }
         let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= opts.delay;
         let dir = layout::repo_dir(repo).join(".uploads").expect("valid");
+        let mut removed = false;
         for path in self.driver().list(Some(&dir)).await? {
             if self.uploads().in_use(path.file_name()) {
                 continue;
@@ -492,8 +522,13 @@ impl Store {
                 report.add(GcKind::Upload, Some(repo), None, meta.size);
                 if !opts.dry_run {
                     self.driver().delete(&path).await?;
+                    removed = true;
                 }
             }
+        }
+        if removed {
+            // Durable, or a crash brings the staged files back.
+            self.driver().sync_dir(Some(&dir)).await?;
         }
         Ok(())
     }
@@ -510,7 +545,9 @@ impl Store {
     /// the driver cannot see (another machine sharing the directory).
     async fn gc_leftovers(&self, opts: GcOptions, report: &mut GcReport) -> StoreResult<()> {
         let now = SystemTime::now();
-        for leftover in self.driver().leftovers(None).await? {
+        // Recorded upload sessions' staged bytes are not among them: they
+        // go when their session ends or expires (the repository passes).
+        for leftover in self.leftovers().await? {
             if now.duration_since(leftover.modified).unwrap_or_default() < opts.delay {
                 continue;
             }
@@ -556,12 +593,37 @@ impl Store {
         Ok(())
     }
 
-    /// `_blobstore` digests no repository holds, each re-checked under its lock.
+    /// `_blobstore` digests no repository holds, each re-checked under its
+    /// lock. With several instances, one sweeps at a time, under a lease
+    /// ([`fenced`]); the others skip the sweep.
     async fn gc_blobstore(
         &self,
         opts: GcOptions,
         report: &mut GcReport,
         dropped: &HashMap<Digest, u64>,
+    ) -> StoreResult<()> {
+        if !self.is_shared() || opts.dry_run {
+            return self.sweep_unheld(opts, report, dropped, None).await;
+        }
+        let Some(mut lease) = self.take_sweep_lease(opts.sweep_lease).await? else {
+            return Ok(()); // another instance is sweeping
+        };
+        let swept = async {
+            self.finish_stale_sweeps(&lease, report).await?;
+            self.sweep_unheld(opts, report, dropped, Some(&mut lease))
+                .await
+        }
+        .await;
+        lease.release(self.meta()).await?;
+        swept
+    }
+
+    async fn sweep_unheld(
+        &self,
+        opts: GcOptions,
+        report: &mut GcReport,
+        dropped: &HashMap<Digest, u64>,
+        mut lease: Option<&mut fenced::SweepLease>,
     ) -> StoreResult<()> {
         let mut seen = Vec::new();
         for (d, holders) in self.layout().blobstore_holders().await? {
@@ -573,7 +635,8 @@ impl Store {
             if would_be > 0 || !self.aged(Marked::Shared(&d), opts, &mut seen).await? {
                 continue;
             }
-            let _guard = self.lock(Intent::blobstore_sweep(&d)).await;
+            let guard = self.lock(Intent::blobstore_sweep(&d)).await?;
+            guard.check()?;
             if opts.dry_run {
                 let size = self
                     .driver()
@@ -581,6 +644,10 @@ impl Store {
                     .await
                     .map_or(0, |m| m.size);
                 report.add(GcKind::BlobstoreBlob, None, Some(&d), size);
+            } else if let Some(lease) = lease.as_deref_mut() {
+                if let Some(size) = self.sweep_announced(lease, &d).await? {
+                    report.add(GcKind::BlobstoreBlob, None, Some(&d), size);
+                }
             } else if let Some(size) = self.layout().sweep(&d).await? {
                 report.add(GcKind::BlobstoreBlob, None, Some(&d), size);
             }

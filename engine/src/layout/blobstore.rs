@@ -40,6 +40,8 @@ pub struct BlobstoreLayout {
     verifier: Verifier,
     /// Hard links available: link counts are the reference truth.
     local: bool,
+    /// One of several instances: references respect sweep tombstones.
+    shared: bool,
 }
 
 // Reference rows, one per (repository, digest), in both orders:
@@ -69,12 +71,36 @@ pub(crate) fn ref_by_repo(repo: &RepoName, d: &Digest) -> Vec<u8> {
     ref_key(b'r', &[repo.as_str()], &[d.algorithm().prefix(), &d.hex()])
 }
 
+/// With several instances, a sweep announces that it is about to delete
+/// `d`'s bytes with this row (its lease's epoch as the value) before its
+/// final re-check, and removes it after the delete; a new reference to `d`
+/// is refused while it exists. The announcement and the reference are each
+/// one atomic batch, so whichever lands second sees the first: the sweep's
+/// re-check finds the reference and keeps the bytes, or the push is
+/// refused (and retried after the sweep, re-uploading the bytes).
+pub(crate) fn sweep_tombstone(d: &Digest) -> Vec<u8> {
+    format!("sweep\0{d}").into_bytes()
+}
+
+/// The prefix of every [`sweep_tombstone`].
+pub(crate) const SWEEP_TOMBSTONES: &[u8] = b"sweep\0";
+
 /// The digest a reference key spells (`<alg>:<hex>`), if it is one.
 fn digest_in(part: &[u8]) -> Option<Digest> {
     Digest::parse(std::str::from_utf8(part).ok()?).ok()
 }
 
 impl BlobstoreLayout {
+    /// The layout for one of several instances over one object store.
+    pub fn new_shared(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>) -> BlobstoreLayout {
+        let layout = BlobstoreLayout::new(driver, meta);
+        BlobstoreLayout {
+            verifier: layout.verifier.shared(),
+            shared: true,
+            ..layout
+        }
+    }
+
     pub fn new(driver: Arc<dyn Driver>, meta: Arc<dyn MetaStore>) -> BlobstoreLayout {
         let local = driver.capabilities().hard_links;
         BlobstoreLayout {
@@ -82,6 +108,7 @@ impl BlobstoreLayout {
             driver,
             meta,
             local,
+            shared: false,
         }
     }
 
@@ -110,9 +137,14 @@ impl BlobstoreLayout {
     /// Points `repo` at the blobstore copy of `d` (which must be valid).
     async fn add_holder(&self, repo: &RepoName, d: &Digest) -> StoreResult<()> {
         if !self.local {
-            let batch = Batch::new()
+            let mut batch = Batch::new()
                 .put(Table::REFS, ref_by_digest(d, repo), Vec::new())
                 .put(Table::REFS, ref_by_repo(repo, d), Vec::new());
+            if self.shared {
+                // Not while a sweep has announced this digest's deletion:
+                // its bytes may be going (see `sweep_tombstone`).
+                batch = batch.expect(Table::GC, sweep_tombstone(d), None);
+            }
             return Ok(self.meta.commit(batch).await?);
         }
         let (bs, link) = (blobstore_blob(d), repo_blob(repo, d));

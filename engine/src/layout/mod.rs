@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use self::blobstore::BlobstoreLayout;
-pub(crate) use self::blobstore::{ref_by_digest, ref_by_repo};
+pub(crate) use self::blobstore::{SWEEP_TOMBSTONES, ref_by_digest, ref_by_repo, sweep_tombstone};
 pub(crate) use self::legacy::DedupeEntry;
 pub use self::legacy::LegacyLayout;
 pub(crate) use self::verify::Verifier;

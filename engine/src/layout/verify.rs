@@ -13,29 +13,71 @@
 //! - on object stores, where a stat is a billed round trip, what this
 //!   process wrote or verified, and has not removed since, is trusted
 //!   without one: the store is the only writer of its namespace, and every
-//!   removal path forgets the entry. (Several instances over one bucket will
-//!   need a shared invalidation; see DESIGN §5.)
+//!   removal path forgets the entry. With several instances over one
+//!   store that is not true (another instance sweeps), so there every
+//!   check stats ([`Verifier::shared`]).
 //!
 //! Silent bit rot changes neither size nor mtime, so a whole read always
 //! hashes, and a mismatch distrusts every name of that digest: the next
 //! existence check hashes again and reports the blob missing.
+//!
+//! A mismatch is read again before it counts: bit rot reads the same wrong
+//! bytes every time (the blob is missing), a bad read path (a flipped bit
+//! on the way back) does not. Treating one corrupted read as absence made
+//! GC drop the manifest it could not read and sweep its blobs; reads that
+//! keep disagreeing are an error instead, and nothing is concluded.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
 
 use crate::digest::{Digest, DigestHasher};
 use crate::driver::{COPY_CHUNK, Driver, DriverPath};
-use crate::error::StoreResult;
+use crate::error::{StoreError, StoreResult};
 use crate::sync::unmodeled::Mutex;
 
 /// Entries kept before the cache starts over (bounded memory).
 const CACHE_LIMIT: usize = 100_000;
 
+/// Reads of bytes that do not hash to their digest before they count as
+/// unreadable (when no two of them agree).
+const READ_ATTEMPTS: usize = 4;
+
+/// What one more read of bytes that must hash to `digest` tells.
+enum Attempt {
+    Verified,
+    /// The same wrong bytes as the read before: stored so (bit rot).
+    Rotten,
+    /// Not what the read before returned: read again.
+    Unstable,
+}
+
+fn judge(digest: &Digest, got: Digest, previous: &mut Option<Digest>) -> Attempt {
+    if &got == digest {
+        Attempt::Verified
+    } else if previous.as_ref() == Some(&got) {
+        Attempt::Rotten
+    } else {
+        *previous = Some(got);
+        Attempt::Unstable
+    }
+}
+
+fn unreliable(path: &DriverPath, digest: &Digest) -> StoreError {
+    StoreError::Corrupt(format!(
+        "{path}: {READ_ATTEMPTS} reads of {digest} hash differently, none to it (unreliable reads)"
+    ))
+}
+
 #[derive(Debug)]
 pub(crate) struct Verifier {
     verified: Mutex<Cache>,
-    /// Trust remembered entries without a stat (object stores).
+    /// Object stores: stamps carry no modification time or file id.
     remote: bool,
+    /// Trust remembered entries without a stat: object stores written by
+    /// this process alone. With several instances another one may have
+    /// swept the object since (zot's "unknown blob" after scale-out), so
+    /// every check stats.
+    trust_memory: bool,
 }
 
 /// What a verified object looked like, and which digest it verified as.
@@ -70,6 +112,15 @@ impl Verifier {
         Verifier {
             verified: Mutex::default(),
             remote: driver.capabilities().durable_on_return,
+            trust_memory: driver.capabilities().durable_on_return,
+        }
+    }
+
+    /// A verifier for one of several instances: never trusts memory alone.
+    pub(crate) fn shared(self) -> Verifier {
+        Verifier {
+            trust_memory: false,
+            ..self
         }
     }
 
@@ -80,7 +131,7 @@ impl Verifier {
         path: &DriverPath,
         digest: &Digest,
     ) -> StoreResult<Option<u64>> {
-        if self.remote
+        if self.trust_memory
             && let Some(stamp) = self.verified.lock().unwrap().by_path.get(path)
             && &stamp.digest == digest
         {
@@ -100,29 +151,24 @@ impl Verifier {
         if self.verified.lock().unwrap().vouches(path, &stamp) {
             return Ok(Some(meta.size));
         }
-        let mut hasher = DigestHasher::new(digest.algorithm());
-        let mut at = 0;
-        while at < meta.size {
-            let end = (at + COPY_CHUNK).min(meta.size);
-            match d.get(path, Some(at..end)).await {
-                Ok(chunk) => hasher.update(&chunk),
-                // Changed under us (shrunk or gone): not a valid blob now.
-                Err(e)
-                    if e.is_not_found()
-                        || matches!(e, crate::driver::DriverError::InvalidRange { .. }) =>
-                {
+        let mut previous = None;
+        for _ in 0..READ_ATTEMPTS {
+            let Some(got) = hash_file(d, path, meta.size, digest).await? else {
+                return Ok(None);
+            };
+            match judge(digest, got, &mut previous) {
+                Attempt::Verified => {
+                    self.remember(path, stamp);
+                    return Ok(Some(meta.size));
+                }
+                Attempt::Rotten => {
+                    self.distrust(digest);
                     return Ok(None);
                 }
-                Err(e) => return Err(e.into()),
+                Attempt::Unstable => {}
             }
-            at = end;
         }
-        if &hasher.finish() != digest {
-            self.distrust(digest);
-            return Ok(None);
-        }
-        self.remember(path, stamp);
-        Ok(Some(meta.size))
+        Err(unreliable(path, digest))
     }
 
     /// Records `size` bytes the caller has just written and hashed itself.
@@ -179,6 +225,33 @@ impl Verifier {
     }
 }
 
+/// The digest of the `size` bytes at `path`, read in chunks; `None` if
+/// the file changed under us (shrunk or gone): not a valid blob now.
+async fn hash_file(
+    d: &dyn Driver,
+    path: &DriverPath,
+    size: u64,
+    digest: &Digest,
+) -> StoreResult<Option<Digest>> {
+    let mut hasher = DigestHasher::new(digest.algorithm());
+    let mut at = 0;
+    while at < size {
+        let end = (at + COPY_CHUNK).min(size);
+        match d.get(path, Some(at..end)).await {
+            Ok(chunk) => hasher.update(&chunk),
+            Err(e)
+                if e.is_not_found()
+                    || matches!(e, crate::driver::DriverError::InvalidRange { .. }) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        at = end;
+    }
+    Ok(Some(hasher.finish()))
+}
+
 /// Reads `digest` at `path`, never returning bytes that do not hash to it:
 /// a whole read is hashed on the way; a ranged read first checks the whole
 /// blob (cached by [`Verifier`]). `None` when absent or invalid.
@@ -191,16 +264,23 @@ pub(crate) async fn read_verified(
 ) -> StoreResult<Option<bytes::Bytes>> {
     match range {
         None => {
-            let data = match d.get(path, None).await {
-                Ok(data) => data,
-                Err(e) if e.is_not_found() => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            if &Digest::of(digest.algorithm(), &data) != digest {
-                verifier.distrust(digest);
-                return Ok(None);
+            let mut previous = None;
+            for _ in 0..READ_ATTEMPTS {
+                let data = match d.get(path, None).await {
+                    Ok(data) => data,
+                    Err(e) if e.is_not_found() => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                match judge(digest, Digest::of(digest.algorithm(), &data), &mut previous) {
+                    Attempt::Verified => return Ok(Some(data)),
+                    Attempt::Rotten => {
+                        verifier.distrust(digest);
+                        return Ok(None);
+                    }
+                    Attempt::Unstable => {}
+                }
             }
-            Ok(Some(data))
+            Err(unreliable(path, digest))
         }
         Some(range) => {
             let Some(size) = verifier.check(d, path, digest).await? else {

@@ -125,7 +125,11 @@ impl LockManager {
     /// Takes every lock `intent` needs under this manager's policy, in the
     /// order global -> blobstore -> repo -> digest.
     pub async fn acquire(&self, intent: &Intent) -> LockGuard {
-        let plan = intent.plan(self.inner.policy);
+        self.acquire_plan(&intent.plan(self.inner.policy)).await
+    }
+
+    /// Takes every lock of `plan`, in the order global -> blobstore -> repo -> digest.
+    pub async fn acquire_plan(&self, plan: &LockPlan) -> LockGuard {
         let inner = &self.inner;
         let mut guard = LockGuard {
             inner: inner.clone(),
@@ -134,7 +138,7 @@ impl LockManager {
             repo: None,
             digest: None,
         };
-        for domain in acquisition_order(&plan) {
+        for domain in acquisition_order(plan) {
             match domain {
                 Domain::Global => {
                     if let Some(mode) = plan.global {
@@ -263,9 +267,14 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
         drop(held);
         waiter.await.unwrap();
-        let x = m.metrics();
-        let x = x.get(Domain::Global, Mode::Exclusive);
+        let metrics = m.metrics();
+        let x = metrics.get(Domain::Global, Mode::Exclusive);
         assert_eq!(x.acquisitions(), 2);
+        assert_eq!(m.acquisitions(Domain::Global, Mode::Exclusive), 2);
+        // A pair never taken (its histograms are made lazily) reads empty.
+        let untaken = metrics.get(Domain::Digest, Mode::Shared);
+        assert_eq!((untaken.acquisitions(), untaken.total_hold_ns()), (0, 0));
+        assert_eq!(m.acquisitions(Domain::Digest, Mode::Shared), 0);
         assert!(x.wait.max() >= 39_000_000, "wait max {} ns", x.wait.max());
         assert!(
             x.total_hold_ns() >= 39_000_000,

@@ -47,16 +47,32 @@ fn slot(domain: Domain, mode: Mode) -> usize {
     domain as usize * 2 + mode as usize
 }
 
+const SLOTS: usize = Domain::ALL.len() * 2;
+
 /// Live recorder, shared by every guard of one manager.
-#[derive(Debug)]
+///
+/// A slot's histograms (~74 KB) are made at its first acquisition: a
+/// policy takes two to six of the eight domain and mode pairs, and the
+/// simulator opens a store (and so a recorder) after every restart and
+/// check, where making all eight up front took ~1% of a run's CPU.
+#[derive(Debug, Default)]
 pub(crate) struct Recorder {
-    slots: Mutex<Vec<Slot>>,
+    slots: Mutex<[Option<Box<Slot>>; SLOTS]>,
 }
 
 #[derive(Debug, Clone)]
 struct Slot {
     wait: Histogram<u64>,
     hold: Histogram<u64>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            wait: histogram(),
+            hold: histogram(),
+        }
+    }
 }
 
 /// 1 ns to 1 hour at 2 significant figures (1% precision, ~37 KB): fixed
@@ -67,36 +83,36 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("valid bounds")
 }
 
-impl Default for Recorder {
-    fn default() -> Recorder {
-        let slot = Slot {
-            wait: histogram(),
-            hold: histogram(),
-        };
-        Recorder {
-            slots: Mutex::new(vec![slot; Domain::ALL.len() * 2]),
-        }
-    }
-}
-
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Recorder {
-    pub(crate) fn waited(&self, domain: Domain, mode: Mode, d: Duration) {
+    fn record(
+        &self,
+        domain: Domain,
+        mode: Mode,
+        pick: impl FnOnce(&mut Slot) -> &mut Histogram<u64>,
+        d: Duration,
+    ) {
         let mut slots = self.slots.lock().unwrap();
-        slots[slot(domain, mode)].wait.saturating_record(nanos(d));
+        let slot = slots[slot(domain, mode)].get_or_insert_with(|| Box::new(Slot::new()));
+        pick(slot).saturating_record(nanos(d));
+    }
+
+    pub(crate) fn waited(&self, domain: Domain, mode: Mode, d: Duration) {
+        self.record(domain, mode, |s| &mut s.wait, d);
     }
 
     pub(crate) fn held(&self, domain: Domain, mode: Mode, d: Duration) {
-        let mut slots = self.slots.lock().unwrap();
-        slots[slot(domain, mode)].hold.saturating_record(nanos(d));
+        self.record(domain, mode, |s| &mut s.hold, d);
     }
 
     /// Acquisitions so far, without copying histograms.
     pub(crate) fn acquisitions(&self, domain: Domain, mode: Mode) -> u64 {
-        self.slots.lock().unwrap()[slot(domain, mode)].wait.len()
+        self.slots.lock().unwrap()[slot(domain, mode)]
+            .as_ref()
+            .map_or(0, |s| s.wait.len())
     }
 
     pub(crate) fn snapshot(&self) -> LockMetrics {
@@ -104,12 +120,14 @@ impl Recorder {
         let mut stats = Vec::new();
         for domain in Domain::ALL {
             for mode in [Mode::Shared, Mode::Exclusive] {
-                let s = &slots[slot(domain, mode)];
+                let Slot { wait, hold } = slots[slot(domain, mode)]
+                    .as_deref()
+                    .map_or_else(Slot::new, Slot::clone);
                 stats.push(LockStats {
                     domain,
                     mode,
-                    wait: s.wait.clone(),
-                    hold: s.hold.clone(),
+                    wait,
+                    hold,
                 });
             }
         }

@@ -35,6 +35,7 @@
 
 mod manager;
 mod metrics;
+mod service;
 
 use std::fmt;
 use std::str::FromStr;
@@ -44,6 +45,7 @@ use crate::oci::names::RepoName;
 
 pub use manager::{LockGuard, LockManager};
 pub use metrics::{Domain, LockMetrics, LockStats, histogram};
+pub use service::{HeldLocks, LockError, LockService, PlannedLock};
 
 /// Shared or exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Batch, Entry, MetaError, MetaResult, MetaStore, Table, Write, in_scan};
+use super::{Batch, Entry, MetaError, MetaResult, MetaStore, Table, Write, in_scan, scan_start};
 use crate::indexed_map::IndexedMap;
 use crate::sync::unmodeled::Mutex;
 
@@ -131,12 +131,7 @@ impl MetaStore for MemoryMeta {
         let Some(t) = st.tables.get(&table) else {
             return Ok(Vec::new());
         };
-        // Start at the cursor, not at the prefix: paging through n keys
-        // stays O(n) (the redb store does the same).
-        let start = match after {
-            Some(a) if a > prefix => a,
-            _ => prefix,
-        };
+        let start = scan_start(prefix, after);
         use std::ops::Bound;
         Ok(
             t.range::<[u8], _>((Bound::Included(start), Bound::Unbounded))

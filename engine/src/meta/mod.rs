@@ -2,7 +2,8 @@
 //!
 //! - for `object` backends, which repositories hold which digest (reference index);
 //! - for the legacy layout, zot's dedupe index (original + duplicates);
-//! - migration progress per repository, GC bookkeeping, the store's settings.
+//! - migration progress per repository, GC bookkeeping, the store's settings;
+//! - upload sessions (so they survive a restart).
 //!
 //! The local `fs` blobstore does NOT record references here: its link counts
 //! are the truth, and a second truth is one a crash could split from the first.
@@ -39,13 +40,17 @@ impl Table {
     pub const GC: Table = Table("gc");
     /// Store-wide settings (layout, policy, format version).
     pub const CONFIG: Table = Table("config");
+    /// upload session id -> its repository, clock and writer checkpoint
+    /// (sessions survive a restart; see `store::blobs`).
+    pub const UPLOADS: Table = Table("uploads");
 
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::REFS,
         Table::DEDUPE,
         Table::MIGRATION,
         Table::GC,
         Table::CONFIG,
+        Table::UPLOADS,
     ];
 
     pub fn name(self) -> &'static str {
@@ -138,6 +143,23 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.conditions.is_empty()
     }
+
+    /// The conditions, for stores outside this crate: `(table, key,
+    /// expected)`, `expected` `None` meaning "absent".
+    pub fn conditions(&self) -> impl Iterator<Item = (Table, &[u8], Option<&[u8]>)> {
+        self.conditions
+            .iter()
+            .map(|c| (c.table, &c.key[..], c.expected.as_deref()))
+    }
+
+    /// The writes in order, for stores outside this crate: `(table, key,
+    /// value)`, `value` `None` meaning "delete".
+    pub fn writes(&self) -> impl Iterator<Item = (Table, &[u8], Option<&[u8]>)> {
+        self.writes.iter().map(|w| match w {
+            Write::Put { table, key, value } => (*table, &key[..], Some(&value[..])),
+            Write::Delete { table, key } => (*table, &key[..], None),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +201,16 @@ pub trait MetaStore: Send + Sync + fmt::Debug {
     /// Applies `batch` atomically and durably, or fails with
     /// [`MetaError::Conflict`] (nothing written) if a condition does not hold.
     async fn commit(&self, batch: Batch) -> MetaResult<()>;
+}
+
+/// Where a scan of `prefix` after `after` starts in key order: at the
+/// cursor, not at the prefix, so paging through n keys stays O(n) (a cursor
+/// before the prefix starts at the prefix). For every backend.
+pub fn scan_start<'a>(prefix: &'a [u8], after: Option<&'a [u8]>) -> &'a [u8] {
+    match after {
+        Some(a) if a > prefix => a,
+        _ => prefix,
+    }
 }
 
 /// Shared by both backends: does `key` pass the scan's prefix and cursor?

@@ -6,7 +6,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
-use super::{Batch, Entry, MetaError, MetaResult, MetaStore, Table, Write, in_scan};
+use super::{Batch, Entry, MetaError, MetaResult, MetaStore, Table, Write, in_scan, scan_start};
 
 /// The redb-backed metadata store.
 #[derive(Debug)]
@@ -59,10 +59,7 @@ impl MetaStore for RedbMeta {
     ) -> MetaResult<Vec<Entry>> {
         let txn = self.db.begin_read().map_err(backend)?;
         let t = txn.open_table(def(table)).map_err(backend)?;
-        let start: &[u8] = match after {
-            Some(a) if a > prefix => a,
-            _ => prefix,
-        };
+        let start = scan_start(prefix, after);
         let mut out = Vec::new();
         for item in t.range(start..).map_err(backend)? {
             if out.len() >= limit {

@@ -42,6 +42,7 @@ use crate::digest::{Digest, DigestHasher};
 use crate::driver::{COPY_CHUNK, Driver, DriverPath, PutMode};
 use crate::error::{StoreError, StoreResult};
 use crate::layout::{self, LayoutKind, parse_blob_paths};
+use crate::lease::Lease;
 use crate::meta::{Batch, MetaStore, Table, scan_keys};
 use crate::oci::names::RepoName;
 use crate::root::{self, StoreConfig};
@@ -90,6 +91,40 @@ pub async fn migrate_in_place(
     meta: Arc<dyn MetaStore>,
     progress: Progress<'_>,
 ) -> StoreResult<MigrationReport> {
+    migrate(driver, meta, progress, None).await
+}
+
+/// How long a migration's lease lasts without renewal (renewed after each
+/// repository once half of it has passed).
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// [`migrate_in_place`] over metadata several instances share (DESIGN
+/// §15): one migration at a time, under the `migrate` lease, whose epoch
+/// fences every progress record; refused while another `holder` has it.
+/// A migrator paused past its lease finds its next record refused and
+/// stops; the next one resumes from the records (every step is idempotent).
+pub async fn migrate_in_place_shared(
+    driver: Arc<dyn Driver>,
+    meta: Arc<dyn MetaStore>,
+    progress: Progress<'_>,
+    holder: &str,
+) -> StoreResult<MigrationReport> {
+    let Some(mut lease) = Lease::acquire(&*meta, "migrate", holder, LEASE_TTL).await? else {
+        return Err(StoreError::Denied {
+            reason: "another instance is migrating this root (it holds the migrate lease)".into(),
+        });
+    };
+    let result = migrate(driver, meta.clone(), progress, Some(&mut lease)).await;
+    lease.release(&*meta).await?;
+    result
+}
+
+async fn migrate(
+    driver: Arc<dyn Driver>,
+    meta: Arc<dyn MetaStore>,
+    progress: Progress<'_>,
+    mut lease: Option<&mut Lease>,
+) -> StoreResult<MigrationReport> {
     let Some(config) = root::read_config(&*driver).await? else {
         return Err(StoreError::Denied {
             reason: "not an ocistore root (no _ocistore/config.json)".into(),
@@ -105,21 +140,28 @@ pub async fn migrate_in_place(
     if config.layout == LayoutKind::Blobstore {
         if root::migration_in_progress(m.meta).await? {
             // Crashed between the config flip and the final mark.
-            root::mark_migration_done(m.meta).await?;
+            root::mark_migration_done(m.meta, lease.as_deref()).await?;
         }
         m.report.completed = true;
         return Ok(m.report);
     }
-    root::mark_migration_running(m.meta).await?;
+    root::mark_migration_running(m.meta, lease.as_deref()).await?;
     let repos = list_repos(m.driver).await?;
     m.report.repos_total = repos.len();
+    let mut renewed = crate::sync::Instant::now();
     for (i, repo) in repos.iter().enumerate() {
         if root::repo_migrated(m.meta, repo).await? {
             m.report.repos_already_done += 1;
         } else {
             m.repo(repo).await?;
-            root::mark_repo_migrated(m.meta, repo).await?;
+            root::mark_repo_migrated(m.meta, repo, lease.as_deref()).await?;
             m.report.repos_migrated += 1;
+        }
+        if let Some(lease) = lease.as_deref_mut()
+            && renewed.elapsed() > LEASE_TTL / 2
+        {
+            lease.renew(m.meta).await?;
+            renewed = crate::sync::Instant::now();
         }
         progress(i + 1, repos.len());
     }
@@ -136,8 +178,13 @@ pub async fn migrate_in_place(
         layout: LayoutKind::Blobstore,
         policy: config.policy,
     };
+    if let Some(lease) = lease.as_deref_mut() {
+        // The point of no return is a plain object write: re-assert the
+        // lease just before it (a stale migrator stops here).
+        lease.renew(m.meta).await?;
+    }
     root::replace_config(m.driver, flipped).await?;
-    root::mark_migration_done(m.meta).await?;
+    root::mark_migration_done(m.meta, lease.as_deref()).await?;
     m.report.completed = true;
     Ok(m.report)
 }
@@ -334,4 +381,53 @@ fn repo_of(path: &DriverPath) -> Option<RepoName> {
     let s = path.as_str();
     let cut = s.rfind("/blobs/")?;
     RepoName::parse(&s[..cut]).ok()
+}
+
+#[cfg(all(test, not(loom)))]
+mod shared_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::driver::ObjectDriver;
+    use crate::lock::LockPolicy;
+    use crate::meta::MemoryMeta;
+    use crate::store::Store;
+
+    /// Two migrators over shared metadata: the second is refused while the
+    /// first holds the lease, and runs once it is released.
+    #[tokio::test]
+    async fn one_migration_at_a_time() {
+        let driver: Arc<dyn Driver> = Arc::new(ObjectDriver::in_memory());
+        let meta = Arc::new(MemoryMeta::new());
+        let legacy = StoreConfig {
+            layout: LayoutKind::Legacy,
+            policy: LockPolicy::Striped,
+        };
+        let store = Store::open(driver.clone(), meta.clone(), legacy)
+            .await
+            .unwrap();
+        let repo = RepoName::parse("a").unwrap();
+        let data = bytes::Bytes::from_static(b"blob");
+        let d = crate::digest::Digest::sha256(&data);
+        store.push_blob(&repo, &d, data).await.unwrap();
+        drop(store);
+
+        let first = Lease::acquire(&*meta, "migrate", "first", Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .unwrap();
+        let refused = migrate_in_place_shared(driver.clone(), meta.clone(), &|_, _| {}, "second")
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, StoreError::Denied { .. }), "{refused}");
+        assert!(
+            !root::migration_in_progress(&*meta).await.unwrap(),
+            "it started"
+        );
+        first.release(&*meta).await.unwrap();
+        let report = migrate_in_place_shared(driver, meta, &|_, _| {}, "second")
+            .await
+            .unwrap();
+        assert!(report.completed && report.repos_migrated == 1, "{report:?}");
+    }
 }

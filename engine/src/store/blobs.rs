@@ -1,36 +1,75 @@
 //! Blobs: upload sessions (monolithic, chunked, streamed), existence, reads,
 //! cross-repository mounts and deletes.
 //!
-//! An upload streams into `<repo>/.uploads/<id>` while it is hashed, so the
-//! digest is known the moment the last chunk lands and the bytes are never
-//! read back to hash them (except for a non-sha256 digest, see
-//! [`Store::finish_upload`]). Only a verified upload enters the layout, under
-//! the `blob_insert` lock plan.
+//! An upload streams into a resumable writer for `<repo>/.uploads/<id>`
+//! while it is hashed, so the digest is known the moment the last chunk
+//! lands and the bytes are never read back to hash them (except for a
+//! non-sha256 digest, see [`Store::finish_upload`], and once after a
+//! restart, below). Only a verified upload enters the layout, under the
+//! `blob_insert` lock plan.
+//!
+//! # Sessions survive a restart (DESIGN §13)
+//!
+//! Each session has a record in the metadata store ([`Table::UPLOADS`]):
+//! its repository, its clock and the driver's [`Checkpoint`] of its staged
+//! bytes. A session starts with a record and nothing staged
+//! ([`unstaged`]): its writer is opened by its first chunk, so a POST costs
+//! one metadata commit and no file (a temp file, its fsync and its
+//! directory's fsync would hold no byte). A chunk is acknowledged only once it is durable: the writer is
+//! checkpointed (posix: fsync of the temp file; object: a stored part) and
+//! then the record is written with the new offset. So after a crash the
+//! record's offset is the last acknowledged one, and the staged bytes hold
+//! at least that much (a resume drops any tail written after it); a client
+//! asks for the session's `Range` and resends from there.
+//!
+//! [`Store::open`] loads every record as a *dormant* session (metadata
+//! only: opening stays cheap and writes nothing). The first call on a
+//! dormant session resumes its writer and rebuilds its hash by reading
+//! the staged bytes back once (a sha256 state cannot be serialised: the
+//! cost of a restart is one read of each resumed upload, paid by its next
+//! call). A call whose write fails leaves its session dormant too, at its
+//! last acknowledged offset.
+//!
+//! Crash points: after a checkpoint, before its record: the record's
+//! older offset wins, the extra bytes are dropped on resume. After the
+//! commit (publish or abort) of the staged bytes, before the record is
+//! deleted: the record names bytes that are gone, and its resume ends it
+//! (`BLOB_UPLOAD_UNKNOWN`). After the record is deleted and before an
+//! abort removed the bytes: they are a driver leftover, reclaimed by GC.
+//!
+//! Expiry is by last activity: GC cancels a session idle for the larger
+//! of its upload timeout and delay, dormant or not (DESIGN §7). Until
+//! then, a recorded session's staged bytes are live data, even when the
+//! driver lists them as a dead writer's leftovers
+//! ([`Store::leftovers`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use super::Store;
 use crate::digest::{Algorithm, Digest, DigestHasher};
-use crate::driver::{BlobWriter, PutMode};
+use crate::driver::{BlobWriter, COPY_CHUNK, Checkpoint, DriverError, Leftover, PutMode};
 use crate::error::{StoreError, StoreResult};
 use crate::gc::Marked;
 use crate::layout;
 use crate::lock::Intent;
+use crate::meta::{Batch, Table};
 use crate::oci::names::RepoName;
 use crate::sync::unmodeled::Mutex;
 
-/// Live upload sessions, by id.
+/// Upload sessions, by id: the live ones of this process and the dormant
+/// ones recorded by an earlier one.
 ///
 /// A session's slot stays in the map from `start_upload` until it finishes,
-/// is cancelled or fails, so GC sees every live session, including one
-/// whose call is running. Its writer and hasher are taken out of the slot
-/// while one of its calls runs, so two concurrent calls on one session
-/// cannot interleave: the second sees `BLOB_UPLOAD_UNKNOWN`, as a client
-/// misusing a session should, and GC never cancels a session mid-call.
+/// is cancelled or expires, so GC sees every session, including one whose
+/// call is running. Its writer and hasher are taken out of the slot while
+/// one of its calls runs, so two concurrent calls on one session cannot
+/// interleave: the second sees `BLOB_UPLOAD_UNKNOWN`, as a client misusing
+/// a session should, and GC never cancels a session mid-call.
 #[derive(Default)]
 pub(crate) struct Uploads {
     sessions: Mutex<HashMap<String, Session>>,
@@ -41,15 +80,68 @@ struct Session {
     started: SystemTime,
     /// The last client call on the session: it ages from here (DESIGN §7).
     touched: SystemTime,
-    /// Bytes received so far.
+    /// Bytes received so far (acknowledged, or written by the call running).
     offset: u64,
-    /// `None` while one of its calls runs.
-    io: Option<SessionIo>,
+    /// The checkpoint its record holds (`None` only while it starts).
+    recorded: Option<Checkpoint>,
+    state: State,
+}
+
+enum State {
+    /// Writer open, no call running (boxed: a hasher's state is large
+    /// next to the other states').
+    Idle(Box<SessionIo>),
+    /// One of its calls is running (or it is starting, or ending).
+    Busy,
+    /// Recorded, no writer open in this process: resumed by its next call.
+    Dormant,
 }
 
 struct SessionIo {
     writer: Box<dyn BlobWriter>,
     hasher: DigestHasher,
+}
+
+/// A session taken out of its slot for one call.
+enum Taken {
+    Live(SessionIo),
+    /// Its writer must be resumed from this checkpoint first.
+    Dormant(Checkpoint),
+}
+
+/// What [`Table::UPLOADS`] holds per session id.
+#[derive(Serialize, Deserialize)]
+struct SessionRecord {
+    repo: String,
+    started_ms: u64,
+    touched_ms: u64,
+    /// Bytes acknowledged ([`Checkpoint::written`]).
+    offset: u64,
+    token: String,
+    staged: Vec<String>,
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn from_millis(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// The checkpoint of a session that has no staged bytes yet: no writer was
+/// opened, so there is nothing to resume, abort or keep.
+fn unstaged() -> Checkpoint {
+    Checkpoint {
+        written: 0,
+        token: String::new(),
+        staged: Vec::new(),
+    }
+}
+
+fn is_unstaged(checkpoint: &Checkpoint) -> bool {
+    *checkpoint == unstaged()
 }
 
 /// Where an upload stands.
@@ -70,9 +162,9 @@ fn upload_unknown(id: &str) -> StoreError {
 }
 
 impl Uploads {
-    /// Reserves a slot for a session whose writer is being opened: from
-    /// now on its repository is not empty.
-    fn reserve(&self, id: &str, repo: &RepoName) {
+    /// Reserves a slot for a session whose record is being written: from
+    /// now on its repository is not empty. Returns its start.
+    fn reserve(&self, id: &str, repo: &RepoName) -> SystemTime {
         let now = SystemTime::now();
         self.sessions.lock().unwrap().insert(
             id.to_owned(),
@@ -81,18 +173,47 @@ impl Uploads {
                 started: now,
                 touched: now,
                 offset: 0,
-                io: None,
+                recorded: None,
+                state: State::Busy,
             },
         );
+        now
     }
 
-    /// Takes the session's writer for one call (the slot stays, busy).
-    fn take(&self, id: &str) -> StoreResult<SessionIo> {
+    /// A session recorded by an earlier process, dormant until used.
+    fn restore(&self, id: String, record: SessionRecord) {
+        let Ok(repo) = RepoName::parse(&record.repo) else {
+            return;
+        };
+        let session = Session {
+            repo,
+            started: from_millis(record.started_ms),
+            touched: from_millis(record.touched_ms),
+            offset: record.offset,
+            recorded: Some(Checkpoint {
+                written: record.offset,
+                token: record.token,
+                staged: record.staged,
+            }),
+            state: State::Dormant,
+        };
+        self.sessions.lock().unwrap().entry(id).or_insert(session);
+    }
+
+    /// Takes the session for one call (the slot stays, busy).
+    fn take(&self, id: &str) -> StoreResult<(RepoName, Taken)> {
         let mut sessions = self.sessions.lock().unwrap();
         let session = sessions.get_mut(id).ok_or_else(|| upload_unknown(id))?;
-        let io = session.io.take().ok_or_else(|| upload_unknown(id))?;
+        let taken = match std::mem::replace(&mut session.state, State::Busy) {
+            State::Idle(io) => Taken::Live(*io),
+            State::Dormant => match session.recorded.clone() {
+                Some(checkpoint) => Taken::Dormant(checkpoint),
+                None => unreachable!("a dormant session has a record"),
+            },
+            State::Busy => return Err(upload_unknown(id)),
+        };
         session.touched = SystemTime::now();
-        Ok(io)
+        Ok((session.repo.clone(), taken))
     }
 
     /// Ends a call: the session is idle again, touched now.
@@ -101,8 +222,50 @@ impl Uploads {
         if let Some(session) = sessions.get_mut(id) {
             session.offset = io.hasher.len();
             session.touched = SystemTime::now();
-            session.io = Some(io);
+            session.state = State::Idle(Box::new(io));
         }
+    }
+
+    /// The session's record was dropped (its driver cannot checkpoint):
+    /// it lives in this process only.
+    fn unrecorded(&self, id: &str) {
+        if let Some(session) = self.sessions.lock().unwrap().get_mut(id) {
+            session.recorded = None;
+        }
+    }
+
+    /// Ends a call that lost its writer (or a start that opened none): the
+    /// session falls back to its record (the last acknowledged offset),
+    /// resumed by its next call.
+    fn fall_back(&self, id: &str) {
+        let mut sessions = self.sessions.lock().unwrap();
+        if let Some(session) = sessions.get_mut(id) {
+            match &session.recorded {
+                Some(checkpoint) => {
+                    session.offset = checkpoint.written;
+                    session.state = State::Dormant;
+                }
+                None => {
+                    sessions.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The session's record now holds `checkpoint`.
+    fn recorded(&self, id: &str, checkpoint: Checkpoint) {
+        if let Some(session) = self.sessions.lock().unwrap().get_mut(id) {
+            session.recorded = Some(checkpoint);
+        }
+    }
+
+    /// Whether the session has a record in the metadata store.
+    fn has_record(&self, id: &str) -> bool {
+        self.sessions
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_some_and(|s| s.recorded.is_some())
     }
 
     /// The session is over (finished, cancelled or failed).
@@ -110,42 +273,36 @@ impl Uploads {
         self.sessions.lock().unwrap().remove(id);
     }
 
-    /// Idle sessions of `repo` not touched since `idle_since`.
+    /// Idle or dormant sessions of `repo` not touched since `idle_since`.
     pub(crate) fn idle_sessions(&self, repo: &RepoName, idle_since: SystemTime) -> Vec<String> {
         let sessions = self.sessions.lock().unwrap();
         sessions
             .iter()
-            .filter(|(_, s)| &s.repo == repo && s.io.is_some() && s.touched <= idle_since)
+            .filter(|(_, s)| {
+                &s.repo == repo && !matches!(s.state, State::Busy) && s.touched <= idle_since
+            })
             .map(|(id, _)| id.clone())
             .collect()
     }
 
-    /// Cancels session `id` if it is still idle since `idle_since`, in one
-    /// step with the check, so a chunk that arrives meanwhile keeps it.
-    pub(crate) async fn cancel_if_idle(
-        &self,
-        id: &str,
-        idle_since: SystemTime,
-    ) -> StoreResult<bool> {
-        let io = {
-            let mut sessions = self.sessions.lock().unwrap();
-            match sessions.get(id) {
-                Some(s) if s.io.is_some() && s.touched <= idle_since => {
-                    sessions.remove(id).and_then(|s| s.io)
-                }
-                _ => None,
-            }
-        };
-        match io {
-            Some(io) => {
-                io.writer.abort().await?;
-                Ok(true)
-            }
-            None => Ok(false),
+    /// Takes session `id` out for good if it is still idle since
+    /// `idle_since`, in one step with the check, so a chunk that arrives
+    /// meanwhile keeps it.
+    fn take_if_idle(&self, id: &str, idle_since: SystemTime) -> Option<(RepoName, Taken)> {
+        let mut sessions = self.sessions.lock().unwrap();
+        match sessions.get(id) {
+            Some(s) if !matches!(s.state, State::Busy) && s.touched <= idle_since => {}
+            _ => return None,
         }
+        let session = sessions.remove(id)?;
+        let taken = match session.state {
+            State::Idle(io) => Taken::Live(*io),
+            _ => Taken::Dormant(session.recorded?),
+        };
+        Some((session.repo, taken))
     }
 
-    /// Whether `repo` has a live session (idle or in a call).
+    /// Whether `repo` has a session (idle, dormant or in a call).
     pub(crate) fn any_open(&self, repo: &RepoName) -> bool {
         self.sessions
             .lock()
@@ -154,49 +311,239 @@ impl Uploads {
             .any(|s| &s.repo == repo)
     }
 
-    /// Whether `id` is a live session (its staged file is in use).
+    /// Whether `id` is a session (its staged file is in use).
     pub(crate) fn in_use(&self, id: &str) -> bool {
         self.sessions.lock().unwrap().contains_key(id)
+    }
+
+    /// The driver leftovers that hold recorded sessions' bytes.
+    fn staged_paths(&self) -> HashSet<String> {
+        self.sessions
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|s| s.recorded.as_ref())
+            .flat_map(|c| c.staged.iter().cloned())
+            .collect()
     }
 }
 
 impl Store {
-    /// Opens an upload session in `repo` (created on first push).
-    pub async fn start_upload(&self, repo: &RepoName) -> StoreResult<String> {
-        self.admit_write().await?;
-        let id = self.next_id();
-        {
-            // The slot is reserved under the repository's lock, so GC's
-            // empty-repository check (exclusive) sees either no repository
-            // yet or one with a live session.
-            let _guard = self.lock(Intent::repo_read(repo)).await;
-            self.ensure_repo(repo).await?;
-            self.inner.uploads.reserve(&id, repo);
+    /// The driver's leftovers (temp files of dead writers), less those
+    /// holding a recorded session's staged bytes: live data until the
+    /// session ends or expires, whoever wrote them.
+    pub(crate) async fn leftovers(&self) -> StoreResult<Vec<Leftover>> {
+        let staged = self.inner.uploads.staged_paths();
+        let mut leftovers = self.driver().leftovers(None).await?;
+        leftovers.retain(|l| !staged.contains(&l.path));
+        Ok(leftovers)
+    }
+
+    /// Loads the sessions an earlier process recorded, dormant (see the
+    /// module docs). Reads only; a record that does not parse is left to
+    /// the GC pass that expires sessions.
+    pub(super) async fn restore_uploads(&self) -> StoreResult<()> {
+        for (key, value) in crate::meta::scan_all(self.meta(), Table::UPLOADS, b"").await? {
+            let (Ok(id), Ok(record)) = (
+                String::from_utf8(key),
+                serde_json::from_slice::<SessionRecord>(&value),
+            ) else {
+                continue;
+            };
+            self.inner.uploads.restore(id, record);
         }
-        match self
+        Ok(())
+    }
+
+    /// Makes what `io` wrote durable and records it: from here on the
+    /// bytes are acknowledged and survive a restart.
+    async fn record_session(
+        &self,
+        id: &str,
+        repo: &RepoName,
+        io: &mut SessionIo,
+    ) -> StoreResult<()> {
+        let checkpoint = match io.writer.checkpoint().await {
+            Ok(checkpoint) => checkpoint,
+            // A driver without resumable writes: the session lives in
+            // this process only, as sessions did before records (its
+            // start's record, which staged nothing, goes).
+            Err(DriverError::Unsupported { .. }) => {
+                if self.inner.uploads.has_record(id) {
+                    self.forget_session(id).await?;
+                    self.inner.uploads.unrecorded(id);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (started, touched) = {
+            let sessions = self.inner.uploads.sessions.lock().unwrap();
+            let s = sessions.get(id).ok_or_else(|| upload_unknown(id))?;
+            (s.started, SystemTime::now())
+        };
+        let record = SessionRecord {
+            repo: repo.to_string(),
+            started_ms: millis(started),
+            touched_ms: millis(touched),
+            offset: checkpoint.written,
+            token: checkpoint.token.clone(),
+            staged: checkpoint.staged.clone(),
+        };
+        self.write_record(id, &record).await?;
+        self.inner.uploads.recorded(id, checkpoint);
+        Ok(())
+    }
+
+    async fn write_record(&self, id: &str, record: &SessionRecord) -> StoreResult<()> {
+        let value = serde_json::to_vec(record).expect("record serialises");
+        Ok(self
+            .meta()
+            .commit(Batch::new().put(Table::UPLOADS, id, value))
+            .await?)
+    }
+
+    /// Deletes session `id`'s record (its staged bytes are published or gone).
+    async fn forget_session(&self, id: &str) -> StoreResult<()> {
+        Ok(self
+            .meta()
+            .commit(Batch::new().delete(Table::UPLOADS, id))
+            .await?)
+    }
+
+    /// Reopens a dormant session's writer and rebuilds its hash from the
+    /// staged bytes (read back once, in bounded pieces). Staged bytes that
+    /// are gone end the session.
+    async fn resume_session(
+        &self,
+        id: &str,
+        repo: &RepoName,
+        checkpoint: &Checkpoint,
+    ) -> StoreResult<SessionIo> {
+        if is_unstaged(checkpoint) {
+            let writer = self
+                .driver()
+                .writer(&layout::upload(repo, id), PutMode::IfAbsent)
+                .await?;
+            return Ok(SessionIo {
+                writer,
+                hasher: DigestHasher::new(Algorithm::Sha256),
+            });
+        }
+        let resumed = self
             .driver()
-            .writer(&layout::upload(repo, &id), PutMode::IfAbsent)
-            .await
-        {
-            Ok(writer) => {
-                let io = SessionIo {
-                    writer,
-                    hasher: DigestHasher::new(Algorithm::Sha256),
-                };
-                self.inner.uploads.put_back(&id, io);
-                Ok(id)
+            .resume_writer(&layout::upload(repo, id), PutMode::IfAbsent, checkpoint)
+            .await;
+        let mut writer = match resumed {
+            Ok(writer) => writer,
+            Err(e) if e.is_not_found() => {
+                self.inner.uploads.end(id);
+                self.forget_session(id).await?;
+                return Err(upload_unknown(id));
             }
-            Err(e) => {
-                self.inner.uploads.end(&id);
-                Err(e.into())
-            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut hasher = DigestHasher::new(Algorithm::Sha256);
+        let mut at = 0;
+        while at < checkpoint.written {
+            let end = (at + COPY_CHUNK).min(checkpoint.written);
+            hasher.update(&writer.read_staged(at..end).await?);
+            at = end;
+        }
+        Ok(SessionIo { writer, hasher })
+    }
+
+    /// Takes session `id` for one call, resuming it if it is dormant.
+    async fn take_session(&self, id: &str) -> StoreResult<(RepoName, SessionIo)> {
+        let (repo, taken) = self.inner.uploads.take(id)?;
+        match taken {
+            Taken::Live(io) => Ok((repo, io)),
+            Taken::Dormant(checkpoint) => match self.resume_session(id, &repo, &checkpoint).await {
+                Ok(io) => Ok((repo, io)),
+                Err(e) => {
+                    self.inner.uploads.fall_back(id);
+                    Err(e)
+                }
+            },
         }
     }
 
-    /// Appends a chunk. With `range` (the `Content-Range` of a chunked
-    /// upload, inclusive end), the chunk must start at the current offset
+    /// Discards a session taken out of the map: its staged bytes, then
+    /// its record.
+    async fn discard_session(&self, id: &str, repo: &RepoName, taken: Taken) -> StoreResult<()> {
+        let writer = match taken {
+            Taken::Live(io) => Some(io.writer),
+            Taken::Dormant(checkpoint) if is_unstaged(&checkpoint) => None,
+            Taken::Dormant(checkpoint) => match self
+                .driver()
+                .resume_writer(&layout::upload(repo, id), PutMode::IfAbsent, &checkpoint)
+                .await
+            {
+                Ok(writer) => Some(writer),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if let Some(writer) = writer {
+            writer.abort().await?;
+        }
+        self.forget_session(id).await
+    }
+
+    /// Cancels session `id` if it is still idle (or dormant) since
+    /// `idle_since`; true if it did. For GC's expiry.
+    pub(crate) async fn cancel_upload_if_idle(
+        &self,
+        id: &str,
+        idle_since: SystemTime,
+    ) -> StoreResult<bool> {
+        match self.inner.uploads.take_if_idle(id, idle_since) {
+            Some((repo, taken)) => {
+                self.discard_session(id, &repo, taken).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Opens an upload session in `repo` (created on first push). Its
+    /// record is written before this returns: the session survives a
+    /// restart from the start. Nothing is staged yet: the first chunk
+    /// opens the writer (see the module docs).
+    pub async fn start_upload(&self, repo: &RepoName) -> StoreResult<String> {
+        self.admit_write().await?;
+        let id = self.next_id();
+        let started = {
+            // The slot is reserved under the repository's lock, so GC's
+            // empty-repository check (exclusive) sees either no repository
+            // yet or one with a live session.
+            let _guard = self.lock(Intent::repo_read(repo)).await?;
+            self.ensure_repo(repo).await?;
+            millis(self.inner.uploads.reserve(&id, repo))
+        };
+        let record = SessionRecord {
+            repo: repo.to_string(),
+            started_ms: started,
+            touched_ms: started,
+            offset: 0,
+            token: String::new(),
+            staged: Vec::new(),
+        };
+        if let Err(e) = self.write_record(&id, &record).await {
+            self.inner.uploads.end(&id);
+            return Err(e);
+        }
+        self.inner.uploads.recorded(&id, unstaged());
+        self.inner.uploads.fall_back(&id);
+        Ok(id)
+    }
+
+    /// Appends an acknowledged chunk: durable, and recorded, on return.
+    /// With `range` (the `Content-Range` of a chunked upload, inclusive
+    /// end), the chunk must start at the current offset
     /// (`BLOB_UPLOAD_INVALID` otherwise) and be exactly that long
-    /// (`SIZE_INVALID`); a refused chunk changes nothing. Returns the new offset.
+    /// (`SIZE_INVALID`); a refused chunk changes nothing. Returns the new
+    /// offset.
     pub async fn upload_chunk(
         &self,
         id: &str,
@@ -204,7 +551,7 @@ impl Store {
         data: Bytes,
     ) -> StoreResult<u64> {
         self.admit_write().await?;
-        let mut session = self.inner.uploads.take(id)?;
+        let (repo, mut session) = self.take_session(id).await?;
         let offset = session.hasher.len();
         let check = match range {
             Some((start, _)) if start != offset => Err(StoreError::BlobUploadInvalid {
@@ -231,16 +578,54 @@ impl Store {
             self.inner.uploads.put_back(id, session);
             return Err(e);
         }
-        session.hasher.update(&data);
-        if let Err(e) = session.writer.write(data).await {
-            // The session's bytes are now uncertain: it ends here (its
-            // staged bytes are reclaimed as a leftover).
-            self.inner.uploads.end(id);
-            return Err(e.into());
+        let written = async {
+            self.write_session(&mut session, data).await?;
+            self.record_session(id, &repo, &mut session).await
         }
-        let offset = session.hasher.len();
-        self.inner.uploads.put_back(id, session);
-        Ok(offset)
+        .await;
+        self.end_call(id, session, written)
+    }
+
+    /// Appends `data` to session `id` without acknowledging it: a crash
+    /// may lose it until [`Store::sync_upload`] returns. For a body
+    /// streamed in pieces, acknowledged once at its end (one fsync and
+    /// one record per request, not per piece). Returns the new offset.
+    pub async fn append_upload(&self, id: &str, data: Bytes) -> StoreResult<u64> {
+        self.admit_write().await?;
+        let (_, mut session) = self.take_session(id).await?;
+        let written = self.write_session(&mut session, data).await;
+        self.end_call(id, session, written)
+    }
+
+    /// Acknowledges what session `id` received: durable and recorded on
+    /// return. Returns the offset.
+    pub async fn sync_upload(&self, id: &str) -> StoreResult<u64> {
+        let (repo, mut session) = self.take_session(id).await?;
+        let recorded = self.record_session(id, &repo, &mut session).await;
+        self.end_call(id, session, recorded)
+    }
+
+    async fn write_session(&self, session: &mut SessionIo, data: Bytes) -> StoreResult<()> {
+        session.hasher.update(&data);
+        Ok(session.writer.write(data).await?)
+    }
+
+    /// Ends a call on a session: idle again at its new offset, or, if the
+    /// call failed in its writer, back to its last acknowledged offset
+    /// (the writer is dropped; the next call resumes from the record).
+    fn end_call(&self, id: &str, session: SessionIo, result: StoreResult<()>) -> StoreResult<u64> {
+        match result {
+            Ok(()) => {
+                let offset = session.hasher.len();
+                self.inner.uploads.put_back(id, session);
+                Ok(offset)
+            }
+            Err(e) => {
+                drop(session);
+                self.inner.uploads.fall_back(id);
+                Err(e)
+            }
+        }
     }
 
     /// Where upload `id` stands.
@@ -257,9 +642,9 @@ impl Store {
 
     /// Abandons upload `id`; nothing of it remains.
     pub async fn cancel_upload(&self, id: &str) -> StoreResult<()> {
-        let session = self.inner.uploads.take(id)?;
+        let (repo, taken) = self.inner.uploads.take(id)?;
         self.inner.uploads.end(id);
-        Ok(session.writer.abort().await?)
+        self.discard_session(id, &repo, taken).await
     }
 
     /// Completes upload `id` as `digest`, with an optional last chunk.
@@ -275,10 +660,10 @@ impl Store {
         last: Option<Bytes>,
     ) -> StoreResult<()> {
         self.admit_write().await?;
-        let session = self.inner.uploads.take(id)?;
+        let (repo, session) = self.take_session(id).await?;
         // The slot stays busy until the blob is in the layout: the staged
         // file is in use and the repository is not empty meanwhile.
-        let result = self.finish_session(id, session, digest, last).await;
+        let result = self.finish_session(id, &repo, session, digest, last).await;
         self.inner.uploads.end(id);
         result
     }
@@ -286,24 +671,28 @@ impl Store {
     async fn finish_session(
         &self,
         id: &str,
+        repo: &RepoName,
         mut session: SessionIo,
         digest: &Digest,
         last: Option<Bytes>,
     ) -> StoreResult<()> {
-        if let Some(last) = last {
-            session.hasher.update(&last);
-            session.writer.write(last).await?;
+        if let Some(last) = last
+            && let Err(e) = self.write_session(&mut session, last).await
+        {
+            session.writer.abort().await?;
+            self.forget_session(id).await?;
+            return Err(e);
         }
-        let repo = self.upload_status(id)?.repo;
         let streamed = session.hasher.finish();
         if digest.algorithm() == Algorithm::Sha256 && &streamed != digest {
             session.writer.abort().await?;
+            self.forget_session(id).await?;
             return Err(StoreError::DigestMismatch {
                 expected: digest.clone(),
                 actual: streamed,
             });
         }
-        self.ingest_upload(&repo, id, digest, session.writer).await
+        self.ingest_upload(repo, id, digest, session.writer).await
     }
 
     /// Commits a verified upload and hands it to the layout.
@@ -315,7 +704,10 @@ impl Store {
         writer: Box<dyn BlobWriter>,
     ) -> StoreResult<()> {
         let staged = layout::upload(repo, id);
-        writer.commit().await?;
+        let committed = writer.commit().await;
+        // Published or gone: the record has nothing left to resume.
+        self.forget_session(id).await?;
+        committed?;
         if digest.algorithm() != Algorithm::Sha256 {
             let actual = Digest::of(digest.algorithm(), &self.driver().get(&staged, None).await?);
             if &actual != digest {
@@ -326,7 +718,7 @@ impl Store {
                 });
             }
         }
-        let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
+        let _guard = self.lock(Intent::blob_insert(repo, digest)).await?;
         self.layout().ingest(repo, digest, &staged).await?;
         self.touch(&[Marked::Blob(repo, digest)]).await
     }
@@ -352,10 +744,10 @@ impl Store {
         // one critical section: a sweep cannot fall between them.
         #[cfg(ocistore_mutation = "split_dedupe")]
         if self.mutation_split_dedupe_hit(repo, digest).await? {
-            let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
+            let _guard = self.lock(Intent::blob_insert(repo, digest)).await?;
             return self.layout().hold_existing(repo, digest).await;
         }
-        let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
+        let _guard = self.lock(Intent::blob_insert(repo, digest)).await?;
         self.ensure_repo(repo).await?;
         self.layout().ingest_bytes(repo, digest, data).await?;
         self.touch(&[Marked::Blob(repo, digest)]).await
@@ -369,14 +761,14 @@ impl Store {
         repo: &RepoName,
         digest: &Digest,
     ) -> StoreResult<bool> {
-        let _guard = self.lock(Intent::blob_insert(repo, digest)).await;
+        let _guard = self.lock(Intent::blob_insert(repo, digest)).await?;
         self.ensure_repo(repo).await?;
         Ok(self.layout().blobstore_digests().await?.contains(digest))
     }
 
     /// The blob's size, if `repo` holds it (HEAD).
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> StoreResult<u64> {
-        let _guard = self.lock(Intent::blob_read(repo)).await;
+        let _guard = self.lock(Intent::blob_read(repo)).await?;
         self.require_repo(repo).await?;
         self.layout()
             .stat(repo, digest)
@@ -405,7 +797,7 @@ impl Store {
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> StoreResult<Bytes> {
-        let _guard = self.lock(Intent::blob_read(repo)).await;
+        let _guard = self.lock(Intent::blob_read(repo)).await?;
         self.require_repo(repo).await?;
         self.layout()
             .read(repo, digest, range)
@@ -426,7 +818,7 @@ impl Store {
         digest: &Digest,
     ) -> StoreResult<bool> {
         self.admit_write().await?;
-        let _guard = self.lock(Intent::blob_insert(to, digest)).await;
+        let _guard = self.lock(Intent::blob_insert(to, digest)).await?;
         // A failed mount falls back to an upload into `to`, so `to` exists
         // either way.
         self.ensure_repo(to).await?;
@@ -443,7 +835,7 @@ impl Store {
 
     /// Every digest `repo` holds (blobs and manifests), sorted.
     pub async fn repo_blobs(&self, repo: &RepoName) -> StoreResult<Vec<Digest>> {
-        let _guard = self.lock(Intent::blob_read(repo)).await;
+        let _guard = self.lock(Intent::blob_read(repo)).await?;
         self.require_repo(repo).await?;
         let mut digests = self.layout().repo_digests(repo).await?;
         digests.sort();
@@ -453,7 +845,7 @@ impl Store {
     /// Removes `digest` from `repo`. Refused (`DENIED`) while a manifest of
     /// the repository references it, or while it is one of its manifests.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> StoreResult<()> {
-        let _guard = self.lock(Intent::blob_remove(repo, digest)).await;
+        let _guard = self.lock(Intent::blob_remove(repo, digest)).await?;
         let index = self.read_index(repo).await?;
         if self.layout().stat(repo, digest).await?.is_none() {
             return Err(blob_unknown(repo, digest));

@@ -235,7 +235,7 @@ impl Store {
             ));
         }
 
-        for leftover in self.driver().leftovers(None).await? {
+        for leftover in self.leftovers().await? {
             out.push(finding(
                 FindingKind::Leftover,
                 None,

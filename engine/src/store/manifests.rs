@@ -92,9 +92,9 @@ impl Store {
             }
             Reference::Tag(_) => Digest::sha256(&body),
         };
-        let _guard = self.lock(Intent::manifest_put(repo, &digest)).await;
+        let guard = self.lock(Intent::manifest_put(repo, &digest)).await?;
         self.ensure_repo(repo).await?;
-        let mut index = self.read_index(repo).await?;
+        let (mut index, basis) = self.read_index_for_update(repo).await?;
         for blob in manifest.blobs() {
             match self.layout().stat(repo, &blob.digest).await? {
                 Some(size) if size == blob.size => {}
@@ -152,7 +152,7 @@ impl Store {
                 }
             }
         }
-        self.write_index(repo, &index).await?;
+        self.write_index(repo, &index, &basis, &guard).await?;
         // A put, even of a manifest the repository has, restarts its clock.
         self.touch(&[Marked::Manifest(repo, &digest), Marked::Blob(repo, &digest)])
             .await?;
@@ -165,7 +165,7 @@ impl Store {
         repo: &RepoName,
         reference: &Reference,
     ) -> StoreResult<StoredManifest> {
-        let _guard = self.lock(Intent::blob_read(repo)).await;
+        let _guard = self.lock(Intent::blob_read(repo)).await?;
         let index = self.read_index(repo).await?;
         let row = find_row(&index, reference).ok_or_else(|| manifest_unknown(repo, reference))?;
         let body = self
@@ -186,14 +186,15 @@ impl Store {
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> StoreResult<()> {
         match reference {
             Reference::Tag(tag) => {
-                let _guard = self.lock(Intent::repo_write(repo)).await;
-                let mut index = self.read_index(repo).await?;
+                let guard = self.lock(Intent::repo_write(repo)).await?;
+                let (mut index, basis) = self.read_index_for_update(repo).await?;
                 untag(&mut index, tag.as_str()).ok_or_else(|| manifest_unknown(repo, reference))?;
-                self.write_index_removing(repo, &index).await
+                self.write_index_removing(repo, &index, &basis, &guard)
+                    .await
             }
             Reference::Digest(digest) => {
-                let _guard = self.lock(Intent::blob_remove(repo, digest)).await;
-                let mut index = self.read_index(repo).await?;
+                let guard = self.lock(Intent::blob_remove(repo, digest)).await?;
+                let (mut index, basis) = self.read_index_for_update(repo).await?;
                 if !index.manifests.iter().any(|row| &row.digest == digest) {
                     return Err(manifest_unknown(repo, reference));
                 }
@@ -211,7 +212,8 @@ impl Store {
                     }
                 }
                 index.manifests.retain(|row| &row.digest != digest);
-                self.write_index_removing(repo, &index).await?;
+                self.write_index_removing(repo, &index, &basis, &guard)
+                    .await?;
                 // Its bytes stay while another manifest of the repository
                 // uses them as its config or a layer (a blob like any other).
                 if self.referenced_blobs(repo, &index).await?.contains(digest) {
@@ -230,7 +232,7 @@ impl Store {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> StoreResult<Vec<Descriptor>> {
-        let _guard = self.lock(Intent::blob_read(repo)).await;
+        let _guard = self.lock(Intent::blob_read(repo)).await?;
         let index = self.read_index(repo).await?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -263,7 +265,7 @@ impl Store {
 
     /// How many distinct manifests `repo` has (rows of its index.json).
     pub async fn manifest_count(&self, repo: &RepoName) -> StoreResult<usize> {
-        let _guard = self.lock(Intent::repo_read(repo)).await;
+        let _guard = self.lock(Intent::repo_read(repo)).await?;
         let index = self.read_index(repo).await?;
         Ok(index
             .manifests

@@ -9,6 +9,7 @@
 mod blobs;
 mod fsck;
 mod manifests;
+mod probe;
 mod repos;
 mod reserve;
 
@@ -27,10 +28,10 @@ pub use self::repos::MAX_PAGE;
 pub(crate) use self::repos::list_repos;
 pub use self::reserve::{DEFAULT_RESERVE, RESERVE_PATH};
 
-use crate::driver::{CallCounts, Driver, Instrumented, PutMode};
+use crate::driver::{CallCounts, Driver, Instrumented, ObjectVersion, PutMode};
 use crate::error::{StoreError, StoreResult};
 use crate::layout::{self, BlobLayout, BlobstoreLayout, LayoutKind, LegacyLayout};
-use crate::lock::{Intent, LockGuard, LockManager, LockMetrics};
+use crate::lock::{HeldLocks, Intent, LockError, LockGuard, LockManager, LockMetrics, LockService};
 use crate::meta::MetaStore;
 use crate::oci::manifest::ImageIndex;
 use crate::oci::names::RepoName;
@@ -38,6 +39,9 @@ use crate::sync::unmodeled::Mutex;
 
 use crate::root;
 pub use crate::root::{CONFIG_PATH, StoreConfig};
+
+/// Parsed index.json files kept before the cache starts over (bounded memory).
+const PARSED_INDEX_LIMIT: usize = 1024;
 
 /// Counters a report wants from a store.
 #[derive(Debug, Clone)]
@@ -58,6 +62,9 @@ struct Inner {
     meta: Arc<dyn MetaStore>,
     layout: Box<dyn BlobLayout>,
     locks: LockManager,
+    /// With several instances over one store (DESIGN §15): the locks they
+    /// share, taken after this process's own for the same plan.
+    shared_locks: Option<Arc<dyn LockService>>,
     uploads: blobs::Uploads,
     /// Space kept aside for removals on a full disk.
     reserve: reserve::Reserve,
@@ -66,6 +73,8 @@ struct Inner {
     /// Bumped on every index.json write: GC re-checks a repository's
     /// references only when its generation moved (one process per root).
     generations: Mutex<HashMap<RepoName, u64>>,
+    /// Per repository, index.json's bytes as last read and their parse.
+    parsed_indexes: Mutex<HashMap<RepoName, (Bytes, Arc<ImageIndex>)>>,
     id_counter: AtomicU64,
     instance: u64,
 }
@@ -87,6 +96,27 @@ impl Store {
         driver: Arc<dyn Driver>,
         meta: Arc<dyn MetaStore>,
         config: StoreConfig,
+    ) -> StoreResult<Store> {
+        Store::open_with(driver, meta, config, None).await
+    }
+
+    /// [`Store::open`] for one of several instances over one store: `meta`
+    /// is shared by all of them, and every lock plan is also taken in
+    /// `shared_locks` (DESIGN §15).
+    pub async fn open_shared(
+        driver: Arc<dyn Driver>,
+        meta: Arc<dyn MetaStore>,
+        config: StoreConfig,
+        shared_locks: Arc<dyn LockService>,
+    ) -> StoreResult<Store> {
+        Store::open_with(driver, meta, config, Some(shared_locks)).await
+    }
+
+    async fn open_with(
+        driver: Arc<dyn Driver>,
+        meta: Arc<dyn MetaStore>,
+        config: StoreConfig,
+        shared_locks: Option<Arc<dyn LockService>>,
     ) -> StoreResult<Store> {
         match root::read_config(&*driver).await? {
             Some(stored) => {
@@ -114,12 +144,27 @@ impl Store {
             None => {
                 if !root::create_config(&*driver, config).await? {
                     // Another opener created it first: check against theirs.
-                    return Box::pin(Store::open(driver, meta, config)).await;
+                    return Box::pin(Store::open_with(driver, meta, config, shared_locks)).await;
                 }
             }
         }
-        let store = Store::new_unchecked(driver, meta, config);
+        if shared_locks.is_some() && config.layout != LayoutKind::Blobstore {
+            return Err(StoreError::Denied {
+                reason:
+                    "several instances share only a blobstore root (the legacy layout's dedupe \
+                         index is rewritten in place)"
+                        .into(),
+            });
+        }
+        let mut store = Store::new_unchecked(driver, meta, config, shared_locks.is_some());
+        if shared_locks.is_some() {
+            probe::conditional_writes(store.driver(), &store.instance_name()).await?;
+        }
+        Arc::get_mut(&mut store.inner)
+            .expect("not shared yet")
+            .shared_locks = shared_locks;
         store.layout().recover().await?;
+        store.restore_uploads().await?;
         Ok(store)
     }
 
@@ -132,16 +177,25 @@ impl Store {
         driver: Arc<dyn Driver>,
         meta: Arc<dyn MetaStore>,
         config: StoreConfig,
+        shared: bool,
     ) -> Store {
         let instrumented = Arc::new(Instrumented::new(driver));
-        let shared: Arc<dyn Driver> = instrumented.clone();
+        let driver_for_layout: Arc<dyn Driver> = instrumented.clone();
         let layout: Box<dyn BlobLayout> = match config.layout {
-            LayoutKind::Legacy => Box::new(LegacyLayout::new(shared, meta.clone())),
-            LayoutKind::Blobstore => Box::new(BlobstoreLayout::new(shared, meta.clone())),
+            LayoutKind::Legacy => Box::new(LegacyLayout::new(driver_for_layout, meta.clone())),
+            LayoutKind::Blobstore if shared => {
+                Box::new(BlobstoreLayout::new_shared(driver_for_layout, meta.clone()))
+            }
+            LayoutKind::Blobstore => {
+                Box::new(BlobstoreLayout::new(driver_for_layout, meta.clone()))
+            }
         };
+        // One process alone needs no more than the start time; several
+        // instances may start in the same nanosecond.
         let instance = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ if shared { random_u64() } else { 0 };
         Store {
             inner: Arc::new(Inner {
                 config,
@@ -149,10 +203,12 @@ impl Store {
                 meta,
                 layout,
                 locks: LockManager::new(config.policy),
+                shared_locks: None,
                 uploads: blobs::Uploads::default(),
                 reserve: reserve::Reserve::default(),
                 known_repos: Mutex::new(HashSet::new()),
                 generations: Mutex::new(HashMap::new()),
+                parsed_indexes: Mutex::new(HashMap::new()),
                 id_counter: AtomicU64::new(0),
                 instance,
             }),
@@ -193,8 +249,28 @@ impl Store {
         &*self.inner.layout
     }
 
-    pub(crate) async fn lock(&self, intent: Intent) -> LockGuard {
-        self.inner.locks.acquire(&intent).await
+    /// Takes `intent`'s locks: this process's, then the shared ones.
+    pub(crate) async fn lock(&self, intent: Intent) -> StoreResult<StoreGuard> {
+        let plan = intent.plan(self.inner.config.policy);
+        let local = self.inner.locks.acquire_plan(&plan).await;
+        let shared = match &self.inner.shared_locks {
+            Some(service) => Some(service.acquire(&plan).await?),
+            None => None,
+        };
+        Ok(StoreGuard {
+            shared,
+            _local: local,
+        })
+    }
+
+    /// Whether several instances share this store (and its locks).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.inner.shared_locks.is_some()
+    }
+
+    /// This instance's name among several (a lease's holder).
+    pub fn instance_name(&self) -> String {
+        format!("{:016x}", self.inner.instance)
     }
 
     fn next_id(&self) -> String {
@@ -217,12 +293,83 @@ impl Store {
             .unwrap_or(0)
     }
 
+    /// What changes whenever `repo`'s index.json is rewritten, for GC's
+    /// re-check. One process alone counts its own writes (free); several
+    /// instances write each other's index, so then it is a hash of the
+    /// bytes as they are now (one read).
+    pub(crate) async fn index_generation(&self, repo: &RepoName) -> StoreResult<u64> {
+        if !self.is_shared() {
+            return Ok(self.generation(repo));
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        match self.read_index_bytes(repo).await {
+            Ok(body) => body.hash(&mut h),
+            Err(StoreError::NameUnknown { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(h.finish())
+    }
+
     // --- index.json -------------------------------------------------------
 
     /// index.json, parsed (`NameUnknown` if the repository has none).
-    pub(crate) async fn read_index(&self, repo: &RepoName) -> StoreResult<ImageIndex> {
+    ///
+    /// The bytes are read every time (a crash, or another process on the
+    /// same root, may have replaced them); their parse is reused while they
+    /// are the bytes parsed last (compared whole: the same bytes parse the
+    /// same). Parsing was the largest cost of a tag lookup. A caller that
+    /// changes the index takes its own copy (`Arc::unwrap_or_clone`).
+    pub(crate) async fn read_index(&self, repo: &RepoName) -> StoreResult<Arc<ImageIndex>> {
         let body = self.read_index_bytes(repo).await?;
-        serde_json::from_slice(&body).map_err(|e| corrupt_index(repo, e))
+        self.parse_index(repo, body)
+    }
+
+    /// Parses index.json's bytes, reusing the last parse of this
+    /// repository's index while its bytes are unchanged (compared whole).
+    fn parse_index(&self, repo: &RepoName, body: Bytes) -> StoreResult<Arc<ImageIndex>> {
+        let mut parsed = self.inner.parsed_indexes.lock().unwrap();
+        if let Some((bytes, index)) = parsed.get(repo)
+            && *bytes == body
+        {
+            return Ok(index.clone());
+        }
+        let index: Arc<ImageIndex> =
+            Arc::new(serde_json::from_slice(&body).map_err(|e| corrupt_index(repo, e))?);
+        if parsed.len() >= PARSED_INDEX_LIMIT {
+            parsed.clear();
+        }
+        parsed.insert(repo.clone(), (body, index.clone()));
+        Ok(index)
+    }
+
+    /// index.json, parsed, read to be rewritten: the [`IndexBasis`] says
+    /// what [`Store::write_index`] may replace.
+    pub(crate) async fn read_index_for_update(
+        &self,
+        repo: &RepoName,
+    ) -> StoreResult<(ImageIndex, IndexBasis)> {
+        let (body, basis) = self.read_index_bytes_for_update(repo).await?;
+        let index = Arc::unwrap_or_clone(self.parse_index(repo, body)?);
+        Ok((index, basis))
+    }
+
+    /// index.json's bytes, read to be rewritten. With several instances,
+    /// with their version: the rewrite is a compare-and-swap against it.
+    pub(crate) async fn read_index_bytes_for_update(
+        &self,
+        repo: &RepoName,
+    ) -> StoreResult<(Bytes, IndexBasis)> {
+        if !self.is_shared() {
+            return Ok((self.read_index_bytes(repo).await?, IndexBasis(None)));
+        }
+        match self.driver().get_versioned(&layout::index_json(repo)).await {
+            Ok((body, version)) => Ok((body, IndexBasis(Some(version)))),
+            Err(e) if e.is_not_found() => Err(StoreError::NameUnknown {
+                repo: repo.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// index.json's bytes (`NameUnknown` if the repository has none).
@@ -236,10 +383,18 @@ impl Store {
         }
     }
 
-    /// Replaces index.json with `index` atomically (the driver's commit protocol).
-    pub(crate) async fn write_index(&self, repo: &RepoName, index: &ImageIndex) -> StoreResult<()> {
+    /// Replaces index.json with `index` atomically (the driver's commit
+    /// protocol), under `held`, the repository's exclusive lock: refused
+    /// if that lock may be lost.
+    pub(crate) async fn write_index(
+        &self,
+        repo: &RepoName,
+        index: &ImageIndex,
+        basis: &IndexBasis,
+        held: &StoreGuard,
+    ) -> StoreResult<()> {
         let body = serde_json::to_vec(index).expect("index serialises");
-        self.write_index_bytes(repo, body).await
+        self.write_index_bytes(repo, body, basis, held).await
     }
 
     /// [`Store::write_index`] for a removal: works on a full disk (see
@@ -248,9 +403,12 @@ impl Store {
         &self,
         repo: &RepoName,
         index: &ImageIndex,
+        basis: &IndexBasis,
+        held: &StoreGuard,
     ) -> StoreResult<()> {
         let body = serde_json::to_vec(index).expect("index serialises");
-        self.write_index_bytes_removing(repo, body).await
+        self.write_index_bytes_removing(repo, body, basis, held)
+            .await
     }
 
     /// Replaces index.json with `body`, a serialised [`ImageIndex`].
@@ -258,7 +416,10 @@ impl Store {
         &self,
         repo: &RepoName,
         body: Vec<u8>,
+        basis: &IndexBasis,
+        held: &StoreGuard,
     ) -> StoreResult<()> {
+        held.check()?;
         *self
             .inner
             .generations
@@ -266,14 +427,63 @@ impl Store {
             .unwrap()
             .entry(repo.clone())
             .or_default() += 1;
-        Ok(self
+        let path = layout::index_json(repo);
+        let body = Bytes::from(body);
+        if !self.is_shared() {
+            return Ok(self.driver().put(&path, body, PutMode::Overwrite).await?);
+        }
+        match self
             .driver()
-            .put(
-                &layout::index_json(repo),
-                Bytes::from(body),
-                PutMode::Overwrite,
-            )
-            .await?)
+            .put_if_version(&path, body, basis.0.as_ref())
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Another instance wrote it under what should have been our
+            // exclusive lock: one of us lost its locks. Nothing written;
+            // the client may retry.
+            Err(e) if e.is_precondition_failed() => Err(StoreError::Lock(LockError::Lost {
+                service: "compare-and-swap",
+                message: format!("{repo}/index.json changed since it was read"),
+            })),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Random bits that tell apart two instances started in the same
+/// nanosecond (simulated instances share one process and one virtual
+/// clock). From the OS; the simulator's runtime answers this call from its
+/// seed, so a run replays with the same names.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    #[cfg(target_os = "linux")]
+    // SAFETY: `getrandom` writes at most `bytes.len()` bytes into `bytes`.
+    unsafe {
+        libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// What a rewrite of index.json may replace: with several instances, the
+/// version read (compare-and-swap); alone, whatever is there.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexBasis(Option<ObjectVersion>);
+
+/// The locks of one operation. Shared locks go first when it ends
+/// (fields drop in order), the reverse of their acquisition.
+pub(crate) struct StoreGuard {
+    shared: Option<Box<dyn HeldLocks>>,
+    _local: LockGuard,
+}
+
+impl StoreGuard {
+    /// `Ok` while every lock is certainly held; a holder whose shared locks
+    /// may be lost stops before writing.
+    pub(crate) fn check(&self) -> StoreResult<()> {
+        match &self.shared {
+            Some(held) => Ok(held.check()?),
+            None => Ok(()),
+        }
     }
 }
 

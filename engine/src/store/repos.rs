@@ -19,7 +19,7 @@ impl Store {
     /// Creates `repo` as an empty OCI layout. Idempotent.
     pub async fn init_repo(&self, repo: &RepoName) -> StoreResult<()> {
         self.admit_write().await?;
-        let _guard = self.lock(Intent::repo_write(repo)).await;
+        let _guard = self.lock(Intent::repo_write(repo)).await?;
         self.ensure_repo(repo).await
     }
 
@@ -27,7 +27,7 @@ impl Store {
     /// both writes are put-if-absent, and `index.json` (what makes a
     /// directory a repository) comes last.
     pub(crate) async fn ensure_repo(&self, repo: &RepoName) -> StoreResult<()> {
-        if self.inner.known_repos.lock().unwrap().contains(repo) {
+        if self.repo_known(repo) {
             return Ok(());
         }
         let d = self.driver();
@@ -53,7 +53,7 @@ impl Store {
 
     /// `NAME_UNKNOWN` unless `repo` exists.
     pub(crate) async fn require_repo(&self, repo: &RepoName) -> StoreResult<()> {
-        if self.inner.known_repos.lock().unwrap().contains(repo) {
+        if self.repo_known(repo) {
             return Ok(());
         }
         match self.driver().stat(&layout::index_json(repo)).await {
@@ -66,6 +66,13 @@ impl Store {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Known to exist without asking the driver. Only one process alone can
+    /// trust what it saw: with several instances, another one's GC may
+    /// have removed the repository since.
+    fn repo_known(&self, repo: &RepoName) -> bool {
+        !self.is_shared() && self.inner.known_repos.lock().unwrap().contains(repo)
     }
 
     /// Removes an empty repository's own files (GC, under its lock).
@@ -97,7 +104,7 @@ impl Store {
         n: Option<usize>,
         last: Option<&str>,
     ) -> StoreResult<Vec<Tag>> {
-        let _guard = self.lock(Intent::repo_read(repo)).await;
+        let _guard = self.lock(Intent::repo_read(repo)).await?;
         let index = self.read_index(repo).await?;
         let mut tags: Vec<Tag> = index
             .manifests

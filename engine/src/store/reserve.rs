@@ -154,8 +154,12 @@ impl Store {
         &self,
         repo: &RepoName,
         body: Vec<u8>,
+        basis: &super::IndexBasis,
+        held: &super::StoreGuard,
     ) -> StoreResult<()> {
-        let first = self.write_index_bytes(repo, body.clone()).await;
+        let first = self
+            .write_index_bytes(repo, body.clone(), basis, held)
+            .await;
         let reserve = &self.inner.reserve;
         if !first.as_ref().is_err_and(StoreError::is_no_space)
             || reserve.size.load(Ordering::SeqCst) == 0
@@ -179,7 +183,9 @@ impl Store {
             if !self.release_reserve().await? {
                 crate::sync::sleep(std::time::Duration::from_millis(1 << attempt)).await;
             }
-            result = self.write_index_bytes(repo, body.clone()).await;
+            result = self
+                .write_index_bytes(repo, body.clone(), basis, held)
+                .await;
             if !result.as_ref().is_err_and(StoreError::is_no_space) {
                 break;
             }

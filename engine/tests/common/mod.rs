@@ -22,6 +22,10 @@ pub enum Backend {
     Sim,
     ObjectMemory,
     ObjectDir,
+    /// The `s3` driver on a fresh bucket of the process's moto_server;
+    /// not in [`Backend::ALL`]: a real server costs milliseconds a call,
+    /// so the suites that run on it say so.
+    S3,
 }
 
 impl Backend {
@@ -57,7 +61,18 @@ fn backend_driver(
         }
         Backend::ObjectMemory => (Arc::new(ObjectDriver::in_memory()), None),
         Backend::ObjectDir => (Arc::new(ObjectDriver::in_dir(root).unwrap()), None),
+        Backend::S3 => (Arc::new(s3_driver("store")), None),
     }
+}
+
+/// A driver on a fresh bucket of this process's moto_server.
+pub fn s3_driver(hint: &str) -> ocistore_s3::S3Driver {
+    let moto = testkit::moto::Moto::shared();
+    ocistore_s3::S3Driver::open(ocistore_s3::S3Config::for_test_server(
+        moto.endpoint(),
+        moto.bucket(hint),
+    ))
+    .unwrap()
 }
 
 pub async fn harness(layout: LayoutKind, policy: LockPolicy, backend: Backend) -> Harness {
@@ -99,6 +114,8 @@ pub struct Reopenable {
     pub driver: Arc<dyn Driver>,
     pub meta: Arc<MemoryMeta>,
     pub disk: Option<Arc<SimDisk>>,
+    /// The directory, for the backends that have one.
+    pub root: Option<PathBuf>,
     pub label: String,
     _dir: tempfile::TempDir,
 }
@@ -123,6 +140,7 @@ pub async fn reopenable(
         driver,
         meta,
         disk,
+        root: matches!(backend, Backend::Fs | Backend::ObjectDir).then_some(root),
         label: format!("{layout}/{policy}/{backend:?}"),
         _dir: dir,
     }
@@ -180,7 +198,7 @@ impl Harness {
                 // Bit rot does not touch the mtime.
                 f.set_modified(mtime).unwrap();
             }
-            Backend::ObjectMemory => {
+            Backend::ObjectMemory | Backend::S3 => {
                 let path = engine::driver::DriverPath::new(path).unwrap();
                 let d = self.store.driver();
                 let mut bytes = d.get(&path, None).await.unwrap().to_vec();
@@ -349,6 +367,14 @@ impl BlobWriter for GatedWriter {
     async fn abort(self: Box<Self>) -> DriverResult<()> {
         self.inner.abort().await
     }
+
+    async fn checkpoint(&mut self) -> DriverResult<engine::driver::Checkpoint> {
+        self.inner.checkpoint().await
+    }
+
+    async fn read_staged(&mut self, range: std::ops::Range<u64>) -> DriverResult<Bytes> {
+        self.inner.read_staged(range).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -360,6 +386,18 @@ impl engine::driver::Intercept for Gated {
     async fn writer(&self, path: &DriverPath, mode: PutMode) -> DriverResult<Box<dyn BlobWriter>> {
         Ok(Box::new(GatedWriter {
             inner: self.inner.writer(path, mode).await?,
+            gate: self.gate.clone(),
+        }))
+    }
+
+    async fn resume_writer(
+        &self,
+        path: &DriverPath,
+        mode: PutMode,
+        checkpoint: &engine::driver::Checkpoint,
+    ) -> DriverResult<Box<dyn BlobWriter>> {
+        Ok(Box::new(GatedWriter {
+            inner: self.inner.resume_writer(path, mode, checkpoint).await?,
             gate: self.gate.clone(),
         }))
     }
