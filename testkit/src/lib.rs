@@ -6,16 +6,22 @@
 //! - [`oci`]: image manifests, indexes and referrers built from blobs;
 //!   no test writes manifest JSON by hand.
 //! - [`pattern`]: test data that differs per seed.
+//! - [`moto`]: a local S3 API (`moto_server`) for the `s3` driver's tests.
 //! - [`Tmpfs`]: a small real file system that fills up, for full-disk tests.
+//! - [`Postgres`]: a throwaway PostgreSQL cluster, for the shared metadata
+//!   and locks of several instances.
 //!
 //! The engine library carries none of this; its tests, benches and
 //! examples take it as a dev-dependency.
 
 pub mod driver_conformance;
 pub mod meta_conformance;
+pub mod moto;
 pub mod oci;
+mod postgres;
 mod tmpfs;
 
+pub use postgres::Postgres;
 pub use tmpfs::Tmpfs;
 
 use bytes::Bytes;
