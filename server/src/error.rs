@@ -73,6 +73,16 @@ impl From<StoreError> for ApiError {
                 message,
                 headers: HeaderMap::new(),
             },
+            None if e.is_retryable() => {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "UNKNOWN",
+                    message,
+                    headers,
+                }
+            }
             None => {
                 tracing::error!(error = %message, "storage failure");
                 ApiError {

@@ -8,7 +8,7 @@
 //!
 //! ## What is streamed, what is buffered
 //! - Upload bodies (POST `?digest=`, PATCH, PUT) are read frame by frame and
-//!   fed to [`Store::upload_chunk`] in pieces of at most [`UPLOAD_PIECE`]
+//!   fed to [`Store::append_upload`] in pieces of at most [`UPLOAD_PIECE`]
 //!   bytes: memory per request is bounded whatever the blob's size.
 //! - Blob GET: a blob up to [`WHOLE_READ_MAX`] is read whole with
 //!   [`Store::get_blob`] (the engine verifies it before a byte is sent).
@@ -20,15 +20,29 @@
 //! - Manifest bodies are buffered (at most 4 MiB, the engine's limit;
 //!   larger is 413), as are manifest GETs (the engine returns whole bytes).
 //!
-//! ## What does not survive a restart
-//! Upload sessions live in the engine's process memory: a restart of the
-//! server forgets them (clients get `BLOB_UPLOAD_UNKNOWN` and start over).
+//! ## Where it differs from CNCF distribution
+//! `docs/distribution-differences.md` lists every difference a differential
+//! run against distribution 2.8.2 finds (`tests/e2e/differential.rs` keeps
+//! it true), each with the spec clause that allows it.
+//!
+//! ## Upload sessions survive a restart
+//! A PATCH is answered only once its bytes are durable and the session's
+//! record (metadata store) says so ([`Store::sync_upload`]): after a
+//! restart, or a crash, `GET` on the session answers 204 with the `Range`
+//! of the acknowledged bytes and the client carries on from there (a crash
+//! mid-PATCH loses only that unacknowledged request's bytes). The first
+//! call on a session after a restart reads its staged bytes back once, to
+//! rebuild the hash. Sessions expire by last activity: the GC run inside
+//! `serve` (`--gc-every`) cancels those idle longer than the larger of the
+//! upload timeout and `--gc-delay`. See `engine::store` (blobs) for the
+//! crash points.
 
 pub mod auth;
 pub mod error;
 mod handlers;
 pub mod path;
 pub mod periodic_gc;
+pub mod redirect;
 
 use std::future::Future;
 use std::net::SocketAddr;

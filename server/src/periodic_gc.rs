@@ -1,5 +1,6 @@
-//! GC inside `serve` (`--gc-every`): two processes cannot share a root, so
-//! a running registry collects its own garbage. Each pass is the engine's
+//! GC inside `serve` (`--gc-every`): a running registry collects its own
+//! garbage (with several instances over one root, any of them may: repository
+//! passes take the shared locks, and one sweeps `_blobstore` at a time). Each pass is the engine's
 //! online GC (no stop-the-world under `striped`), held to the delay
 //! contract of DESIGN §7: nothing a client touched less than the delay ago
 //! goes, and an upload session goes only after `upload_timeout` idle.

@@ -5,10 +5,14 @@
 //! clients (skopeo, the ORAS Python SDK) on both layouts.
 
 mod auth;
+mod differential;
 mod discovery;
 mod hostile;
 mod management;
+mod oci_client;
 mod oras;
 mod pull;
 mod push;
+mod redirect;
+mod restart;
 mod skopeo;

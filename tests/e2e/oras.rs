@@ -53,6 +53,36 @@ fn python() -> PathBuf {
     path
 }
 
+/// Runs `script` with the venv's python, `args` and then the path of the
+/// JSON report it must write; returns the report, checked to come from
+/// the pinned SDK.
+pub(crate) async fn run_script(
+    work: &Path,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> serde_json::Value {
+    let py = python();
+    let script_path = work.join("oras_script.py");
+    std::fs::write(&script_path, script).unwrap();
+    let report = work.join("report.json");
+    let mut cmd = Command::new(&py);
+    cmd.arg(&script_path).args(args).arg(&report);
+    let output = rtokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
+    assert!(
+        output.status.success(),
+        "oras script failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["version"], ORAS_VERSION, "the venv has another oras");
+    report
+}
+
 /// Deterministic bytes that do not repeat with the chunk size.
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2_654_435_761).max(1);
@@ -67,7 +97,6 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 }
 
 async fn oras_round_trip(layout: LayoutKind) {
-    let py = python();
     let reg = Registry::start_with(e2e::Backend::Fs, layout, LockPolicy::Striped).await;
     let work = tempfile::tempdir().unwrap();
     let (src, out) = (work.path().join("src"), work.path().join("out"));
@@ -80,30 +109,14 @@ async fn oras_round_trip(layout: LayoutKind) {
     for (name, data) in &files {
         std::fs::write(src.join(name), data).unwrap();
     }
-    let script = work.path().join("oras_round_trip.py");
-    std::fs::write(&script, SCRIPT).unwrap();
-    let report = work.path().join("report.json");
     let target = format!("{}/lab/oras:v1", reg.addr);
-    let mut cmd = Command::new(&py);
-    cmd.arg(&script)
-        .arg(&target)
-        .arg(&src)
-        .arg(&out)
-        .arg(CHUNK.to_string())
-        .arg(&report);
-    let output = rtokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
-    assert!(
-        output.status.success(),
-        "oras script failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert_eq!(report["version"], ORAS_VERSION, "the venv has another oras");
+    let chunk = CHUNK.to_string();
+    let report = run_script(
+        work.path(),
+        SCRIPT,
+        &[target.as_ref(), src.as_ref(), out.as_ref(), chunk.as_ref()],
+    )
+    .await;
     let requests = report["requests"].as_array().unwrap();
     let log = || serde_json::to_string_pretty(requests).unwrap();
 

@@ -8,41 +8,16 @@ use hyper::{Method, StatusCode};
 use testkit::oci::{Desc, Image};
 
 async fn start_session(c: &Client, repo: &str) -> String {
-    let r = c
-        .send(
-            Method::POST,
-            &format!("/v2/{repo}/blobs/uploads/"),
-            &[("content-length", "0")],
-            Bytes::new(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
-    let location = r.header("location").expect("Location").to_owned();
-    assert!(
-        location.starts_with(&format!("/v2/{repo}/blobs/uploads/")),
-        "{location}"
-    );
-    location
+    c.start_session(repo).await
 }
 
-fn with_digest(location: &str, digest: &Digest) -> String {
+pub(crate) fn with_digest(location: &str, digest: &Digest) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
     format!("{location}{sep}digest={digest}")
 }
 
 async fn patch(c: &Client, location: &str, range: &str, data: &[u8]) -> e2e::Resp {
-    let len = data.len().to_string();
-    c.send(
-        Method::PATCH,
-        location,
-        &[
-            ("content-type", "application/octet-stream"),
-            ("content-range", range),
-            ("content-length", &len),
-        ],
-        Bytes::copy_from_slice(data),
-    )
-    .await
+    c.patch_chunk(location, range, data).await
 }
 
 #[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 2)]

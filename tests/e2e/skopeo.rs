@@ -53,7 +53,7 @@ fn gzip_stored(data: &[u8]) -> Vec<u8> {
 }
 
 /// An OCI image layout with one image (config + two layers) tagged `tag`.
-fn make_layout(dir: &Path, tag: &str) -> Digest {
+pub(crate) fn make_layout(dir: &Path, tag: &str) -> Digest {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let config =
@@ -78,7 +78,7 @@ fn make_layout(dir: &Path, tag: &str) -> Digest {
     md
 }
 
-fn skopeo(args: &[&str]) {
+pub(crate) fn skopeo(args: &[&str]) {
     let out = match Command::new("skopeo").args(args).output() {
         Ok(out) => out,
         Err(e) => panic!(

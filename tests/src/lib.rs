@@ -25,11 +25,16 @@ use hyper_util::rt::TokioExecutor;
 use rtokio::io::{AsyncReadExt, AsyncWriteExt};
 use testkit::oci;
 
+pub mod bench;
+pub mod distribution;
+
 /// Which driver the served root uses.
 #[derive(Debug, Clone, Copy)]
 pub enum Backend {
     Fs,
     Object,
+    /// A fresh bucket of the process's moto_server.
+    S3,
 }
 
 /// A registry serving a fresh root until dropped.
@@ -39,6 +44,21 @@ pub struct Registry {
     pub store: Store,
     pub root: tempfile::TempDir,
     stop: Option<rtokio::sync::oneshot::Sender<()>>,
+    /// The serving task, awaited by [`Registry::restart`].
+    served: Option<rtokio::task::JoinHandle<()>>,
+    /// How it was started, for [`Registry::restart`].
+    setup: Setup,
+}
+
+#[derive(Debug, Clone)]
+struct Setup {
+    backend: Backend,
+    layout: LayoutKind,
+    policy: LockPolicy,
+    access: Option<Arc<server::auth::Access>>,
+    redirect_for: Option<Duration>,
+    /// The S3 backend's bucket, made once: a restart serves it again.
+    bucket: Option<String>,
 }
 
 impl Registry {
@@ -48,7 +68,20 @@ impl Registry {
     }
 
     pub async fn start_with(backend: Backend, layout: LayoutKind, policy: LockPolicy) -> Registry {
-        Registry::serve(backend, layout, policy, None).await
+        Registry::serve(backend, layout, policy, None, None).await
+    }
+
+    /// A blobstore root on S3 (moto) whose blob GETs redirect to presigned
+    /// URLs valid for `expires_in` (`serve --redirect-blobs`).
+    pub async fn start_redirected(expires_in: Duration) -> Registry {
+        Registry::serve(
+            Backend::S3,
+            LayoutKind::Blobstore,
+            LockPolicy::Striped,
+            None,
+            Some(expires_in),
+        )
+        .await
     }
 
     /// [`Registry::start`] behind access control.
@@ -59,6 +92,7 @@ impl Registry {
             LayoutKind::Blobstore,
             LockPolicy::Striped,
             access,
+            None,
         )
         .await
     }
@@ -68,11 +102,63 @@ impl Registry {
         layout: LayoutKind,
         policy: LockPolicy,
         access: Option<Arc<server::auth::Access>>,
+        redirect_for: Option<Duration>,
     ) -> Registry {
         let root = tempfile::tempdir().expect("tempdir");
+        let bucket =
+            matches!(backend, Backend::S3).then(|| testkit::moto::Moto::shared().bucket("e2e"));
+        let setup = Setup {
+            backend,
+            layout,
+            policy,
+            access,
+            redirect_for,
+            bucket,
+        };
+        Registry::serve_on(root, setup).await
+    }
+
+    /// Shuts the server down gracefully (requests in flight finish), drops
+    /// its store, and serves the same root again from a newly opened
+    /// store (metadata included) on a new port: a restart of `serve`.
+    pub async fn restart(mut self) -> Registry {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            rtokio::time::timeout(Duration::from_secs(30), served)
+                .await
+                .expect("the server shuts down")
+                .expect("the server task ends cleanly");
+        }
+        let root = std::mem::replace(&mut self.root, tempfile::tempdir().expect("tempdir"));
+        let setup = self.setup.clone();
+        // The old store (and its metadata database) closes here, before
+        // the root is opened again.
+        drop(self);
+        Registry::serve_on(root, setup).await
+    }
+
+    async fn serve_on(root: tempfile::TempDir, setup: Setup) -> Registry {
+        let (backend, layout, policy) = (setup.backend, setup.layout, setup.policy);
+        let access = setup.access.clone();
+        let mut redirect = None;
         let driver: Arc<dyn Driver> = match backend {
             Backend::Fs => Arc::new(FsDriver::open(root.path()).expect("fs driver")),
             Backend::Object => Arc::new(ObjectDriver::in_dir(root.path()).expect("object driver")),
+            Backend::S3 => {
+                let moto = testkit::moto::Moto::shared();
+                let bucket = setup.bucket.clone().expect("an S3 setup has its bucket");
+                let s3 = ocistore_s3::S3Driver::open(ocistore_s3::S3Config::for_test_server(
+                    moto.endpoint(),
+                    bucket,
+                ))
+                .expect("s3 driver");
+                redirect = setup
+                    .redirect_for
+                    .map(|expires| server::redirect::BlobRedirect::new(s3.clone(), expires));
+                Arc::new(s3)
+            }
         };
         let meta_dir = root.path().join("_ocistore");
         std::fs::create_dir_all(&meta_dir).expect("meta dir");
@@ -86,8 +172,12 @@ impl Registry {
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = rtokio::sync::oneshot::channel();
         let served = store.clone();
-        rtokio::spawn(async move {
+        let served = rtokio::spawn(async move {
             let app = server::router_with(served, access);
+            let app = match redirect {
+                Some(redirect) => server::redirect::redirect_blob_gets(app, redirect),
+                None => app,
+            };
             server::serve_router(listener, app, async {
                 let _ = stopped.await;
             })
@@ -99,6 +189,8 @@ impl Registry {
             store,
             root,
             stop: Some(stop),
+            served: Some(served),
+            setup,
         }
     }
 
@@ -123,6 +215,9 @@ pub struct Resp {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body ended before its `Content-Length` (only a
+    /// [`Client::tolerant`] client returns such a response).
+    pub body_cut_short: bool,
 }
 
 impl Resp {
@@ -147,6 +242,7 @@ impl Resp {
 pub struct Client {
     pub addr: SocketAddr,
     http: HyperClient<HttpConnector, Body>,
+    tolerant: bool,
 }
 
 impl Client {
@@ -154,10 +250,20 @@ impl Client {
         Client {
             addr,
             http: HyperClient::builder(TokioExecutor::new()).build_http(),
+            tolerant: false,
         }
     }
 
-    /// `path` is a path (`/v2/...`) or a `Location` the server returned.
+    /// A client that returns a response whose body breaks off (marked
+    /// [`Resp::body_cut_short`]) instead of failing the test: for servers
+    /// not under test.
+    pub fn tolerant(mut self) -> Client {
+        self.tolerant = true;
+        self
+    }
+
+    /// `path` is a path (`/v2/...`) or a `Location` the server returned
+    /// (relative, or absolute as CNCF distribution sends it).
     pub async fn send(
         &self,
         method: Method,
@@ -185,6 +291,31 @@ impl Client {
         self.request(method, path, headers, body).await
     }
 
+    /// A GET whose response body is left unread, for the caller to stream
+    /// (a large blob need not be held in memory).
+    pub async fn get_streaming(&self, path: &str) -> hyper::Response<hyper::body::Incoming> {
+        let uri = self.uri(path);
+        let req = Request::get(&uri)
+            .body(
+                Full::new(Bytes::new())
+                    .map_err(|e: Infallible| match e {})
+                    .boxed(),
+            )
+            .expect("request");
+        self.http
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{uri}: {e}"))
+    }
+
+    fn uri(&self, path: &str) -> String {
+        if path.starts_with("http://") {
+            path.to_owned()
+        } else {
+            format!("http://{}{path}", self.addr)
+        }
+    }
+
     async fn request(
         &self,
         method: Method,
@@ -192,7 +323,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: Body,
     ) -> Resp {
-        let uri = format!("http://{}{path}", self.addr);
+        let uri = self.uri(path);
         let mut req = Request::builder().method(method).uri(&uri);
         for (k, v) in headers {
             req = req.header(
@@ -206,11 +337,16 @@ impl Client {
             .unwrap_or_else(|_| panic!("{uri}: timed out"))
             .unwrap_or_else(|e| panic!("{uri}: {e}"));
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("response body").to_bytes();
+        let (body, body_cut_short) = match body.collect().await {
+            Ok(body) => (body.to_bytes(), false),
+            Err(_) if self.tolerant => (Bytes::new(), true),
+            Err(e) => panic!("{uri}: response body: {e}"),
+        };
         Resp {
             status: parts.status,
             headers: parts.headers,
             body,
+            body_cut_short,
         }
     }
 
@@ -224,6 +360,42 @@ impl Client {
 
     pub async fn delete(&self, path: &str) -> Resp {
         self.send(Method::DELETE, path, &[], Bytes::new()).await
+    }
+
+    /// POST of a new upload session in `repo`; panics unless 202. Returns
+    /// its `Location`.
+    pub async fn start_session(&self, repo: &str) -> String {
+        let r = self
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[("content-length", "0")],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{r:?}");
+        let location = r.header("location").expect("Location").to_owned();
+        assert!(
+            location.starts_with(&format!("/v2/{repo}/blobs/uploads/")),
+            "{location}"
+        );
+        location
+    }
+
+    /// A chunk PATCHed to a session's `location` with `Content-Range: range`.
+    pub async fn patch_chunk(&self, location: &str, range: &str, data: &[u8]) -> Resp {
+        let len = data.len().to_string();
+        self.send(
+            Method::PATCH,
+            location,
+            &[
+                ("content-type", "application/octet-stream"),
+                ("content-range", range),
+                ("content-length", &len),
+            ],
+            Bytes::copy_from_slice(data),
+        )
+        .await
     }
 
     /// A monolithic push (single POST); panics unless 201.

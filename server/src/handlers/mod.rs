@@ -29,6 +29,8 @@ pub(crate) struct Req {
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Query,
+    /// Set when blob GETs are redirected to the object store.
+    pub redirect: Option<crate::redirect::BlobRedirect>,
 }
 
 /// Query parameters, decoded; a parameter given twice keeps every value.
@@ -74,6 +76,7 @@ pub(crate) async fn dispatch(State(store): State<Store>, req: Request) -> Respon
         method: parts.method,
         headers: parts.headers,
         query: Query::parse(parts.uri.query()),
+        redirect: parts.extensions.get().cloned(),
     };
     let result = route_request(&store, route, req, body).await;
     result.unwrap_or_else(IntoResponse::into_response)
@@ -83,15 +86,14 @@ async fn route_request(store: &Store, route: Route, req: Req, body: Body) -> Api
     let m = req.method.clone();
     let head = m == Method::HEAD;
     match route {
-        Route::Ping if m == Method::GET || head => Ok(respond(
-            StatusCode::OK,
-            vec![(header::CONTENT_TYPE, "application/json".into())],
-            if head {
-                Body::empty()
-            } else {
-                Body::from("{}")
-            },
-        )),
+        Route::Ping if m == Method::GET || head => bodiless_if(
+            head,
+            Ok(respond(
+                StatusCode::OK,
+                vec![(header::CONTENT_TYPE, "application/json".into())],
+                Body::from("{}"),
+            )),
+        ),
         Route::Catalog if m == Method::GET || head => {
             bodiless_if(head, listing::catalog(store, &req).await)
         }
