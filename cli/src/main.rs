@@ -80,6 +80,10 @@ enum Command {
         /// The new root (created as blobstore/striped if new).
         #[arg(long)]
         to: PathBuf,
+        /// With `--backend s3`: the new root's key prefix in the bucket
+        /// (the old root's is `--s3-prefix`).
+        #[arg(long)]
+        to_s3_prefix: Option<String>,
     },
     /// Collect garbage: untagged manifests, orphaned referrers, unreferenced
     /// blobs, stale uploads, emptied repositories, unheld _blobstore blobs.
@@ -113,6 +117,18 @@ enum Command {
         /// (see server/src/auth.rs); needs --htpasswd. Anonymous without both.
         #[arg(long, requires = "htpasswd")]
         access: Option<PathBuf>,
+        /// Answer blob GETs with a 307 to a presigned URL of the bucket's
+        /// object, valid this long (e.g. 5m), so layer bytes do not flow
+        /// through the registry. `--backend s3` and the blobstore layout only.
+        #[arg(long, value_parser = parse_duration)]
+        redirect_blobs: Option<std::time::Duration>,
+        /// UNSAFE, reproduces zot #4337: lets several instances serve one
+        /// root, each with its metadata in its own memory and its locks in
+        /// its own process. Nothing coordinates them: two tag pushes into
+        /// one repository through two instances can both be acknowledged
+        /// while one tag is lost. For tests and demonstrations only.
+        #[arg(long)]
+        unsafe_shared_root: bool,
     },
 }
 
@@ -356,7 +372,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Migrate => {
             let driver = root::driver(&cli.root)?;
-            let meta = root::meta(&cli.root.root)?;
+            let meta = root::meta(&cli.root).await?;
             let bar = (!json).then(|| {
                 let bar = indicatif::ProgressBar::new(0);
                 bar.set_style(
@@ -373,7 +389,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     bar.set_position(done as u64);
                 }
             };
-            let report = engine::migrate::migrate_in_place(driver, meta, &tick).await?;
+            let report = if cli.root.shared.meta_postgres.is_some() {
+                // Shared metadata: one migrator at a time, under a lease.
+                let holder = format!("ocistore-migrate-{}", std::process::id());
+                engine::migrate::migrate_in_place_shared(driver, meta, &tick, &holder).await?
+            } else {
+                engine::migrate::migrate_in_place(driver, meta, &tick).await?
+            };
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
@@ -398,15 +420,32 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 lines.join("\n")
             });
         }
-        Command::Sync { from, to } => {
+        Command::Sync {
+            from,
+            to,
+            to_s3_prefix,
+        } => {
+            if cli.root.backend == root::Backend::S3
+                && (to_s3_prefix.is_none() || to_s3_prefix == cli.root.s3.s3_prefix)
+            {
+                return Err(CliError::Usage(
+                    "sync on s3 needs --to-s3-prefix, different from --s3-prefix".into(),
+                ));
+            }
             let old = root::open(&RootArgs {
                 root: from,
-                backend: cli.root.backend,
+                shared: root::SharedArgs::alone(),
+                ..cli.root.clone()
             })
             .await?;
             let new_args = RootArgs {
                 root: to,
                 backend: cli.root.backend,
+                shared: root::SharedArgs::alone(),
+                s3: root::S3Args {
+                    s3_prefix: to_s3_prefix,
+                    ..cli.root.s3.clone()
+                },
             };
             let new_config = StoreConfig {
                 layout: LayoutKind::Blobstore,
@@ -487,6 +526,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             upload_timeout,
             htpasswd,
             access,
+            redirect_blobs,
+            unsafe_shared_root,
         } => {
             let access = match (htpasswd, access) {
                 (Some(users), Some(rules)) => Some(std::sync::Arc::new(
@@ -494,7 +535,28 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 )),
                 _ => None,
             };
-            let store = root::open(&cli.root).await?;
+            let store = if unsafe_shared_root {
+                root::open_unsafe_shared(&cli.root).await?
+            } else {
+                root::open(&cli.root).await?
+            };
+            let redirect = match redirect_blobs {
+                None => None,
+                Some(_) if cli.root.backend != root::Backend::S3 => {
+                    return Err(CliError::Usage(
+                        "--redirect-blobs needs --backend s3".into(),
+                    ));
+                }
+                Some(_) if store.config().layout != LayoutKind::Blobstore => {
+                    return Err(CliError::Usage(
+                        "--redirect-blobs needs the blobstore layout (a legacy root has markers): run `ocistore migrate` first".into(),
+                    ));
+                }
+                Some(expires) => Some(server::redirect::BlobRedirect::new(
+                    root::s3_driver(&cli.root)?,
+                    expires,
+                )),
+            };
             let listener = server::bind(addr)
                 .await
                 .map_err(|e| CliError::Usage(format!("cannot listen on {addr}: {e}")))?;
@@ -518,6 +580,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 server::periodic_gc::spawn(store.clone(), every, opts)
             });
             let app = server::router_with(store, access);
+            let app = match redirect {
+                Some(redirect) => {
+                    tracing::info!("blob GETs redirect to presigned URLs");
+                    server::redirect::redirect_blob_gets(app, redirect)
+                }
+                None => app,
+            };
             let served = server::serve_router(listener, app, server::shutdown_signal()).await;
             if let Some(gc) = gc {
                 gc.abort();

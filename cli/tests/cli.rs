@@ -15,17 +15,57 @@ use testkit::{oci, pattern};
 struct Root {
     path: PathBuf,
     backend: &'static str,
+    /// What else the backend needs: the bucket and keys of `s3`.
+    env: Vec<(&'static str, String)>,
 }
 
 impl Root {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ocistore"))
-            .arg("--root")
+    fn new(path: PathBuf, backend: &'static str) -> Root {
+        Root {
+            path,
+            backend,
+            env: Vec::new(),
+        }
+    }
+
+    /// A root on a fresh bucket of this process's moto_server, set the way
+    /// a user would: the usual `AWS_*` variables and the bucket's.
+    fn s3(path: PathBuf) -> Root {
+        let moto = testkit::moto::Moto::shared();
+        Root {
+            path,
+            backend: "s3",
+            env: vec![
+                ("AWS_ENDPOINT_URL", moto.endpoint()),
+                ("AWS_ACCESS_KEY_ID", testkit::moto::ACCESS_KEY.into()),
+                ("AWS_SECRET_ACCESS_KEY", testkit::moto::SECRET_KEY.into()),
+                ("OCISTORE_S3_BUCKET", moto.bucket("cli")),
+            ],
+        }
+    }
+
+    /// The `s3` driver on this root's bucket, to look at what is stored.
+    fn s3_driver(&self) -> ocistore_s3::S3Driver {
+        let var = |k| self.env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+        ocistore_s3::S3Driver::open(ocistore_s3::S3Config::for_test_server(
+            var("AWS_ENDPOINT_URL"),
+            var("OCISTORE_S3_BUCKET"),
+        ))
+        .unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ocistore"));
+        c.arg("--root")
             .arg(&self.path)
             .env("OCISTORE_BACKEND", self.backend)
-            .args(args)
-            .output()
-            .unwrap()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -127,13 +167,10 @@ fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-fn round_trip(backend: &'static str) {
+fn round_trip(root: impl FnOnce(PathBuf) -> Root) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let root = Root {
-        path: tmp.path().join("root"),
-        backend,
-    };
+    let root = root(tmp.path().join("root"));
     let index_digest = source_layout(&src);
     let path = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
 
@@ -213,22 +250,24 @@ fn round_trip(backend: &'static str) {
 
 #[test]
 fn import_export_round_trip_fs() {
-    round_trip("fs");
+    round_trip(|p| Root::new(p, "fs"));
 }
 
 #[test]
 fn import_export_round_trip_object() {
-    round_trip("object");
+    round_trip(|p| Root::new(p, "object"));
+}
+
+#[test]
+fn import_export_round_trip_s3() {
+    round_trip(Root::s3);
 }
 
 #[test]
 fn fsck_reports_corruption_and_bad_input_gets_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    let root = Root {
-        path: tmp.path().join("root"),
-        backend: "fs",
-    };
+    let root = Root::new(tmp.path().join("root"), "fs");
     source_layout(&src);
     let src = src.to_str().unwrap();
     let err = root.fails(&["ls"], 2);
@@ -279,12 +318,74 @@ const SIGKILL: i32 = 9;
 #[test]
 fn migrate_survives_sigkill_at_random_moments() {
     let tmp = tempfile::tempdir().unwrap();
+    migrate_survives_sigkill(&tmp, Root::new(tmp.path().join("root"), "fs"), |_| {});
+}
+
+/// The same on S3 (moto), where the legacy layout dedupes with 0-byte
+/// markers: afterwards no marker is left and each digest is stored once.
+#[test]
+fn migrate_on_s3_survives_sigkill_and_leaves_no_markers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Root::s3(tmp.path().join("root"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let markers = |root: &Root| -> Vec<String> {
+        rt.block_on(stored_objects(root))
+            .into_iter()
+            .filter(|(path, data)| data.is_empty() && !path.contains(EMPTY_SHA256))
+            .map(|(path, _)| path)
+            .collect()
+    };
+    let root = migrate_survives_sigkill(&tmp, root, |legacy| {
+        let before = markers(legacy);
+        assert!(
+            before.len() >= 4,
+            "the legacy root has only {before:?} as markers"
+        );
+    });
+    assert_eq!(markers(&root), Vec::<String>::new(), "markers left");
+    let objects = rt.block_on(stored_objects(&root));
+    let mut copies = std::collections::BTreeMap::<String, Vec<&str>>::new();
+    for (path, data) in &objects {
+        let hex = Digest::sha256(data).to_string().replace("sha256:", "");
+        if path.contains(&hex) {
+            copies.entry(hex).or_default().push(path);
+        }
+    }
+    let doubled: Vec<_> = copies.iter().filter(|(_, paths)| paths.len() > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "digests stored more than once: {doubled:#?}"
+    );
+    assert!(
+        copies.len() >= 6,
+        "found only {} stored digests",
+        copies.len()
+    );
+}
+
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Every object in the root's bucket, with its bytes.
+async fn stored_objects(root: &Root) -> Vec<(String, Bytes)> {
+    use engine::driver::Driver;
+    let d = root.s3_driver();
+    let mut out = Vec::new();
+    for path in d.list(None).await.unwrap() {
+        out.push((path.to_string(), d.get(&path, None).await.unwrap()));
+    }
+    out
+}
+
+/// Imports a legacy root with three repositories sharing blobs, kills
+/// `ocistore migrate` until a run completes, checks the result; returns
+/// the root for the backend's own checks.
+fn migrate_survives_sigkill(
+    tmp: &tempfile::TempDir,
+    root: Root,
+    check_legacy: impl FnOnce(&Root),
+) -> Root {
     let src = tmp.path().join("src");
     source_layout(&src);
-    let root = Root {
-        path: tmp.path().join("root"),
-        backend: "fs",
-    };
     root.ok(&["init", "--layout", "legacy"]);
     let targets = ["org/app:v1", "org/app:solo", "mirror:v1", "team/x:solo"];
     root.ok(&["import", "org/app", src.to_str().unwrap()]);
@@ -303,12 +404,9 @@ fn migrate_survives_sigkill_at_random_moments() {
             .collect()
     };
     let before = export_all("before");
+    check_legacy(&root);
 
-    let migrate = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ocistore"));
-        c.args(["--root", root.path.to_str().unwrap(), "--json", "migrate"]);
-        c
-    };
+    let migrate = || root.command(&["--json", "migrate"]);
     let (interrupted, finished) = kill_until_done(migrate, tmp.path()).unwrap();
     if !finished {
         root.ok(&["migrate"]);
@@ -324,6 +422,7 @@ fn migrate_survives_sigkill_at_random_moments() {
     let stats: serde_json::Value = serde_json::from_str(&root.ok(&["--json", "stats"])).unwrap();
     assert_eq!(stats["layout"], "blobstore");
     eprintln!("migration interrupted {interrupted} times before completing");
+    root
 }
 
 /// Runs `command` up to 40 times, SIGKILLing each run at a varying moment,
