@@ -29,12 +29,22 @@ pub enum Broken {
     /// fsync persists nothing (the sim disk lies): power cuts lose
     /// acknowledged writes.
     NotDurable,
+    /// Blob reads skip the store's digest check (served straight from the
+    /// disk): with `[faults] read_flips_one_in`, a read that came back
+    /// corrupted reaches the client (invariant 6).
+    UnverifiedReads,
 }
 
 impl Broken {
     /// Set on the sim disk rather than in the driver (durability lives there).
     pub fn lies_about_fsync(self) -> bool {
         self == Broken::NotDurable
+    }
+
+    /// Set in the clients' read path rather than in the driver: the store
+    /// verifies above the driver, so only a read around it skips that.
+    pub fn skips_read_verification(self) -> bool {
+        self == Broken::UnverifiedReads
     }
 }
 

@@ -12,7 +12,9 @@
 //!   has exactly one writing client, so its history is sequential);
 //! - 3-6: fsck (reference truth, no membership without bytes, `_blobstore`
 //!   hidden, no stubs); after a final quiescent GC with delay 0, no orphans;
-//! - 6 also during the run: every byte a pull receives is hashed here again;
+//! - 6 also during the run: every byte a pull receives is checked here
+//!   again (hashed, or compared with the bytes clients sent under that
+//!   digest: see [`Known`]);
 //! - 10, while GC runs: after every pass, each blob and manifest a client
 //!   touched (pushed, mounted, put) less than `delay` before the pass
 //!   ended is still there, and so is everything such a manifest
@@ -20,9 +22,11 @@
 //!   workload removes a blob or a manifest by digest but GC, so each one
 //!   missing is GC breaking the delay contract.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use engine::oci::Manifest;
 use engine::store::FindingKind;
@@ -116,9 +120,30 @@ struct Touch {
     manifest: Option<(Vec<Digest>, Vec<Digest>)>,
 }
 
+/// What clients sent, by digest: the bytes, and for a manifest its media
+/// type and the blobs it references.
+///
+/// Checking that served bytes hash to the digest asked for (invariant 6)
+/// is most of what the checker costs, and nearly every read serves bytes a
+/// client sent. Recorded bytes hash to their digest (the client computed
+/// the digest from them), so served bytes equal to them hash to it too:
+/// one comparison instead of a hash. Bytes that differ, or were never recorded, are hashed as before,
+/// so every verdict is the one hashing alone would give.
+#[derive(Debug, Default)]
+struct Known {
+    bytes: HashMap<Digest, Bytes>,
+    /// A manifest's media type and the blobs it references: parsing the
+    /// same bytes again gives the same answer.
+    manifests: HashMap<Digest, (String, Vec<Digest>)>,
+}
+
 #[derive(Debug, Default)]
 pub struct Checker {
-    tags: Mutex<BTreeMap<(String, String), TagState>>,
+    known: Mutex<Known>,
+    /// By repository, then tag: looked up by `&str` on every pull and tag
+    /// write (a `(String, String)` key cost two allocations per lookup),
+    /// and iterated in the same (repository, tag) order.
+    tags: Mutex<BTreeMap<String, BTreeMap<String, TagState>>>,
     /// The real-time order of tag writes' sends and acknowledgements.
     seq: std::sync::atomic::AtomicU64,
     /// Touches in the order they were acknowledged (virtual time only
@@ -132,6 +157,22 @@ pub struct Checker {
     violations: Mutex<Vec<String>>,
 }
 
+fn tag_state<'a>(
+    tags: &'a BTreeMap<String, BTreeMap<String, TagState>>,
+    repo: &RepoName,
+    tag: &str,
+) -> Option<&'a TagState> {
+    tags.get(repo.as_str())?.get(tag)
+}
+
+fn tag_mut<'a>(
+    tags: &'a mut BTreeMap<String, BTreeMap<String, TagState>>,
+    repo: &RepoName,
+    tag: &str,
+) -> Option<&'a mut TagState> {
+    tags.get_mut(repo.as_str())?.get_mut(tag)
+}
+
 fn tag_ref(tag: &str) -> Reference {
     Reference::Tag(Tag::parse(tag).expect("workload tags are valid"))
 }
@@ -143,6 +184,41 @@ impl Checker {
             keep_touches: true,
             ..Checker::default()
         }
+    }
+
+    /// A client sends (or sent) `bytes` under `digest`, computed from them.
+    pub fn learn(&self, digest: &Digest, bytes: &Bytes) {
+        let mut known = self.known.lock().unwrap();
+        if !known.bytes.contains_key(digest) {
+            known.bytes.insert(digest.clone(), bytes.clone());
+        }
+    }
+
+    /// Whether `bytes` hash to `digest` (see [`Known`]).
+    pub fn hashes_to(&self, digest: &Digest, bytes: &[u8]) -> bool {
+        let known = self.known.lock().unwrap().bytes.get(digest).cloned();
+        known.is_some_and(|k| k == bytes) || Digest::of(digest.algorithm(), bytes) == *digest
+    }
+
+    /// [`blobs_of`] a manifest whose body hashes to `digest` (the caller
+    /// checked), remembered for bytes clients sent.
+    pub fn manifest_blobs(&self, media_type: &str, digest: &Digest, body: &[u8]) -> Vec<Digest> {
+        let mut known = self.known.lock().unwrap();
+        let sent = known.bytes.get(digest).is_some_and(|k| k == body);
+        if !sent {
+            drop(known);
+            return blobs_of(media_type, body);
+        }
+        if let Some((m, blobs)) = known.manifests.get(digest)
+            && m == media_type
+        {
+            return blobs.clone();
+        }
+        let blobs = blobs_of(media_type, body);
+        known
+            .manifests
+            .insert(digest.clone(), (media_type.to_owned(), blobs.clone()));
+        blobs
     }
 
     pub fn violation(&self, v: String) {
@@ -161,7 +237,14 @@ impl Checker {
     pub fn begin(&self, repo: &RepoName, tag: &str, value: Option<Acked>) -> WriteId {
         let sent = self.next_seq();
         let mut tags = self.tags.lock().unwrap();
-        let state = tags.entry((repo.to_string(), tag.to_owned())).or_default();
+        if !tags.contains_key(repo.as_str()) {
+            tags.insert(repo.to_string(), BTreeMap::new());
+        }
+        let repo_tags = tags.get_mut(repo.as_str()).expect("inserted above");
+        if !repo_tags.contains_key(tag) {
+            repo_tags.insert(tag.to_owned(), TagState::default());
+        }
+        let state = repo_tags.get_mut(tag).expect("inserted above");
         state.writes.push(TagWrite {
             id: sent,
             value,
@@ -176,7 +259,7 @@ impl Checker {
     pub fn ack(&self, repo: &RepoName, tag: &str, id: WriteId) {
         let at = self.next_seq();
         let mut tags = self.tags.lock().unwrap();
-        if let Some(state) = tags.get_mut(&(repo.to_string(), tag.to_owned())) {
+        if let Some(state) = tag_mut(&mut tags, repo, tag) {
             if let Some(w) = state.writes.iter_mut().find(|w| w.id == id.0) {
                 w.acked = Some(at);
             }
@@ -187,19 +270,28 @@ impl Checker {
     /// The write failed with a definite answer: nothing changed.
     pub fn abandon(&self, repo: &RepoName, tag: &str, id: WriteId) {
         let mut tags = self.tags.lock().unwrap();
-        if let Some(state) = tags.get_mut(&(repo.to_string(), tag.to_owned())) {
+        if let Some(state) = tag_mut(&mut tags, repo, tag) {
             state.writes.retain(|w| w.id != id.0);
             state.version += 1;
         }
     }
 
+    /// The write failed with `e`. An OCI error is a definite answer
+    /// (nothing changed); any other (storage, metadata, locks) may come
+    /// after the write took effect (with several instances: index.json
+    /// written, then the metadata service did not answer), so the write
+    /// stays in flight for good: its value may show or not, as after a
+    /// crash.
+    pub fn failed(&self, repo: &RepoName, tag: &str, id: WriteId, e: &engine::StoreError) {
+        if e.code().is_some() {
+            self.abandon(repo, tag, id);
+        }
+    }
+
     /// The tag's version (see [`TagState::version`]).
     pub fn tag_version(&self, repo: &RepoName, tag: &str) -> u64 {
-        self.tags
-            .lock()
-            .unwrap()
-            .get(&(repo.to_string(), tag.to_owned()))
-            .map_or(0, |s| s.version)
+        let tags = self.tags.lock().unwrap();
+        tag_state(&tags, repo, tag).map_or(0, |s| s.version)
     }
 
     /// Whether a reader that saw `seen` (`None`: no such tag) may have:
@@ -213,7 +305,7 @@ impl Checker {
         seen: Option<&Digest>,
     ) -> bool {
         let tags = self.tags.lock().unwrap();
-        let Some(s) = tags.get(&(repo.to_string(), tag.to_owned())) else {
+        let Some(s) = tag_state(&tags, repo, tag) else {
             return seen.is_none();
         };
         s.version != version || s.may_show(seen)
@@ -227,22 +319,23 @@ impl Checker {
         pick: impl FnOnce(usize) -> usize,
     ) -> Option<(String, Acked)> {
         let tags = self.tags.lock().unwrap();
-        let live: Vec<(String, Acked)> = tags
-            .iter()
-            .filter(|((r, _), _)| r == repo.as_str())
-            .filter_map(|((_, t), s)| {
+        let live: Vec<(&String, &Acked)> = tags
+            .get(repo.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|(t, s)| {
                 s.allowed()
                     .filter(|w| w.acked.is_some())
                     .max_by_key(|w| w.acked)
-                    .and_then(|w| w.value.clone())
-                    .map(|v| (t.clone(), v))
+                    .and_then(|w| w.value.as_ref())
+                    .map(|v| (t, v))
             })
             .collect();
         if live.is_empty() {
             return None;
         }
-        let i = pick(live.len());
-        Some(live[i].clone())
+        let (tag, acked) = live[pick(live.len())];
+        Some((tag.clone(), acked.clone()))
     }
 
     /// Reads every tag back (after a crash, or at the end) and settles
@@ -258,13 +351,16 @@ impl Checker {
             .lock()
             .unwrap()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .flat_map(|(repo, tags)| {
+                tags.iter()
+                    .map(|(tag, state)| ((repo.clone(), tag.clone()), state.clone()))
+            })
             .collect();
         for ((repo, tag), state) in snapshot {
             let r = RepoName::parse(&repo).expect("valid");
             let seen = match store.get_manifest(&r, &tag_ref(&tag)).await {
                 Ok(m) => {
-                    if Digest::of(m.digest.algorithm(), &m.body) != m.digest {
+                    if !self.hashes_to(&m.digest, &m.body) {
                         self.violation(format!(
                             "{when}: {repo}:{tag} served bytes that do not hash to {}",
                             m.digest
@@ -306,7 +402,7 @@ impl Checker {
             }
             let at = self.next_seq();
             let mut tags = self.tags.lock().unwrap();
-            let s = tags.get_mut(&(repo.clone(), tag.clone())).expect("present");
+            let s = tag_mut(&mut tags, &r, &tag).expect("present");
             s.writes = vec![TagWrite {
                 id: at,
                 value: matching.value,
@@ -332,7 +428,7 @@ impl Checker {
                 continue;
             }
             match store.get_blob(repo, d).await {
-                Ok(bytes) if Digest::of(d.algorithm(), &bytes) == *d => {}
+                Ok(bytes) if self.hashes_to(d, &bytes) => {}
                 Ok(_) => self.violation(format!(
                     "{when}: {repo}: blob {d} served wrong bytes (invariant 6)"
                 )),
@@ -412,13 +508,21 @@ impl Checker {
         let mut blobs_seen: HashSet<(&RepoName, &Digest)> = HashSet::new();
         let mut manifests_seen: HashSet<(&RepoName, &Digest)> = HashSet::new();
         for t in &young {
-            let age = now.duration_since(t.at);
-            let lost = |what: &str, d: &Digest, e: &dyn std::fmt::Display| {
-                format!(
-                    "{when}: {repo}: {what} {d} gone {age:?} after a client touched {touched}, inside the delay of {delay:?}: {e} (invariant 10)",
-                    repo = t.repo,
-                    touched = t.digest,
-                )
+            // Judged at the read that failed, not at the pass's end: the
+            // reads take time (across a network, retried while the service
+            // cannot answer), and an item may leave the window meanwhile.
+            let lost = |what: &str, d: &Digest, failed: ReadFailed| {
+                let Answered { error, asked } = failed else {
+                    return;
+                };
+                let age = asked.duration_since(t.at);
+                if age < delay {
+                    self.violation(format!(
+                        "{when}: {repo}: {what} {d} gone {age:?} after a client touched {touched}, inside the delay of {delay:?}: {error} (invariant 10)",
+                        repo = t.repo,
+                        touched = t.digest,
+                    ));
+                }
             };
             let mut manifests = Vec::new();
             let mut blobs = Vec::new();
@@ -434,29 +538,63 @@ impl Checker {
                 if !manifests_seen.insert((&t.repo, d)) {
                     continue;
                 }
-                match store
-                    .get_manifest(&t.repo, &Reference::Digest(d.clone()))
-                    .await
-                {
-                    Ok(m) if Digest::of(m.digest.algorithm(), &m.body) == *d => {}
+                let reference = Reference::Digest(d.clone());
+                match answered(|| store.get_manifest(&t.repo, &reference)).await {
+                    Ok(m)
+                        if m.digest.algorithm() == d.algorithm() && self.hashes_to(d, &m.body) => {}
                     Ok(_) => self.violation(format!(
                         "{when}: {}: manifest {d} served wrong bytes (invariant 6)",
                         t.repo
                     )),
-                    Err(e) => self.violation(lost("manifest", d, &e)),
+                    Err(failed) => lost("manifest", d, failed),
                 }
             }
             for d in blobs {
                 if !blobs_seen.insert((&t.repo, d)) {
                     continue;
                 }
-                if let Err(e) = store.stat_blob(&t.repo, d).await {
-                    self.violation(lost("blob", d, &e));
+                if let Err(failed) = answered(|| store.stat_blob(&t.repo, d)).await {
+                    lost("blob", d, failed);
                 }
             }
         }
     }
+}
 
+/// Why a read the checker made did not succeed.
+enum ReadFailed {
+    /// The store answered (not found, corrupt, refused) to the read asked
+    /// at `asked`.
+    Answered {
+        error: engine::StoreError,
+        asked: tokio::time::Instant,
+    },
+    /// The store could not answer in time (several instances: the shared
+    /// service unreachable, the locks lost): nothing is known.
+    Unanswered,
+}
+use ReadFailed::{Answered, Unanswered};
+
+/// `read`, tried again while the store cannot answer (a lock or
+/// metadata service unavailable), for up to a second of virtual time. One
+/// process alone always answers, so this never retries there.
+async fn answered<T, F: std::future::Future<Output = engine::StoreResult<T>>>(
+    read: impl Fn() -> F,
+) -> Result<T, ReadFailed> {
+    for _ in 0..20 {
+        let asked = tokio::time::Instant::now();
+        match read().await {
+            Ok(v) => return Ok(v),
+            Err(engine::StoreError::Lock(_) | engine::StoreError::Meta(_)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(Answered { error, asked }),
+        }
+    }
+    Err(Unanswered)
+}
+
+impl Checker {
     /// Invariant 12 after crashes and a quiescent GC with delay 0: every
     /// file on the disk (`files`: path and size) is live content (the
     /// store's configuration and reserve, a repository's own files and the
@@ -608,6 +746,41 @@ mod tests {
         // Outside the delay the same touches leave the window.
         checker.verify_young(&store, Duration::ZERO, "old").await;
         assert_eq!(checker.violations().len(), 2);
+    }
+
+    /// Learnt bytes spare the hash, never the verdict: bytes that differ
+    /// from what was sent under a digest fail, whether or not it was learnt,
+    /// and a manifest's blobs come from the bytes served, not the record.
+    #[test]
+    fn known_bytes_give_the_verdict_hashing_gives() {
+        let checker = Checker::default();
+        let sent = Bytes::from_static(b"layer bytes");
+        let d = Digest::sha256(&sent);
+        let flipped = b"layer bytez";
+        assert!(checker.hashes_to(&d, &sent) && !checker.hashes_to(&d, flipped));
+        checker.learn(&d, &sent);
+        assert!(checker.hashes_to(&d, &sent) && !checker.hashes_to(&d, flipped));
+        assert!(!checker.hashes_to(&Digest::sha256(b"other"), &sent));
+
+        let layer = (d.clone(), sent.clone());
+        let config = (Digest::sha256(b"{}"), Bytes::from_static(b"{}"));
+        let body = oci::Image::new(&config, &[layer]).build().bytes;
+        let md = Digest::sha256(&body);
+        checker.learn(&md, &body);
+        let blobs = vec![config.0.clone(), d.clone()];
+        for _ in 0..2 {
+            assert_eq!(
+                checker.manifest_blobs(media::OCI_MANIFEST, &md, &body),
+                blobs
+            );
+        }
+        // Other bytes (or another media type) under the same digest are parsed.
+        let other = oci::Image::new(&config, &[]).build().bytes;
+        assert_eq!(
+            checker.manifest_blobs(media::OCI_MANIFEST, &md, &other),
+            vec![config.0.clone()]
+        );
+        assert_eq!(checker.manifest_blobs("text/plain", &md, &body), vec![]);
     }
 
     /// Several writers on one tag (invariant 2): overlapping writes may

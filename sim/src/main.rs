@@ -2,11 +2,15 @@
 //! multi-client, multi-repo workload with faults, one run per lock policy,
 //! side by side, in virtual time.
 //!
-//! This file only wires: `scenario` (what to run), `workload` (the
-//! clients), `faults` (the fault plan), `checker` (the invariants),
-//! `migration` (the legacy dataset and its conversion), `run` (one madsim
-//! runtime per configuration and seed), `sweep` (runs side by side, results
-//! in plan order), `report` (table, JSON, HTML).
+//! This file only wires: `scenario` (what to run), `world` (what survives
+//! a crash: disk, metadata, driver), `node` (what dies: the store, its
+//! clients and GC), `workload` (the clients), `faults` (the fault plan,
+//! drawn and executed against the world), `checker` (the invariants),
+//! `migration` (the legacy dataset and its conversion), `phases` (one run:
+//! migration, workload with faults, settle), `run` (one madsim runtime per
+//! configuration and seed), `sweep` (runs side by side, results in plan
+//! order), `expectations` (claims about the figures, and baselines),
+//! `report` (table, JSON, HTML).
 //!
 //! Exit codes: 0 clean; 1 an invariant was violated or a run was not
 //! deterministic; 2 a bad scenario or option; 3 a run did not finish
@@ -15,10 +19,18 @@
 
 mod broken;
 mod checker;
+#[cfg(madsim)]
+mod cluster;
+#[cfg(madsim)]
+mod expectations;
 mod faults;
 #[cfg(not(madsim))]
 mod launcher;
 mod migration;
+#[cfg(madsim)]
+mod node;
+#[cfg(madsim)]
+mod phases;
 mod plan;
 mod report;
 mod rng;
@@ -28,6 +40,7 @@ mod scenario;
 #[cfg(madsim)]
 mod sweep;
 mod workload;
+mod world;
 
 use std::process::ExitCode;
 
@@ -48,17 +61,17 @@ fn main() -> ExitCode {
 
 #[cfg(madsim)]
 mod app {
-    use std::collections::HashMap;
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
 
     use clap::Parser;
-    use engine::{LayoutKind, LockPolicy};
+    use engine::LockPolicy;
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
+    use crate::expectations::Expectations;
     use crate::plan::Job;
-    use crate::report::{self, RunResult};
-    use crate::scenario::{RunRef, Scenario};
+    use crate::report::{self, RunCost, RunResult};
+    use crate::scenario::Scenario;
     use crate::sweep::{self, Sweep};
 
     #[derive(Debug, Parser)]
@@ -96,11 +109,6 @@ mod app {
         jobs: Option<u64>,
     }
 
-    fn load(path: &Path) -> Result<Scenario, String> {
-        let src = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Scenario::parse(&src, &path.display().to_string()).map_err(|e| e.0)
-    }
-
     fn replay(path: &Path, seed: u64, policy: &str) -> String {
         format!(
             "cargo run -p sim -- {} --seed {seed} --policy {policy}",
@@ -127,9 +135,60 @@ mod app {
         bar
     }
 
+    /// Both rates: what a user waits for (the sweep's wall clock, runs side
+    /// by side), and what one run does on one thread, per second of its
+    /// wall time and per second of its thread's CPU time.
+    fn speed_line(cost: &RunCost, wall_s: f64, jobs: usize) -> String {
+        let (per_run_wall, per_run_cpu) = cost.rates();
+        format!(
+            "simulator speed: {:.0} store operations per wall-clock second ({} in {wall_s:.2} s, \
+             {jobs} run(s) at a time); one run on one thread: {per_run_wall:.0} per second \
+             ({per_run_cpu:.0} per CPU-second of its thread)",
+            cost.store_ops as f64 / wall_s.max(1e-9),
+            cost.store_ops,
+        )
+    }
+
+    /// Every seed, then every configuration, `repeats` times each.
+    fn plan(
+        seeds: &[u64],
+        configs: &[(engine::LayoutKind, LockPolicy)],
+        repeats: usize,
+    ) -> Vec<Job> {
+        let mut plan = Vec::new();
+        for &seed in seeds {
+            for &(layout, policy) in configs {
+                for _ in 0..repeats {
+                    plan.push(Job {
+                        seed,
+                        layout,
+                        policy,
+                    });
+                }
+            }
+        }
+        plan
+    }
+
+    /// The summary line of one seed of a sweep.
+    fn seed_summary(results: &[RunResult]) -> String {
+        results
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:.0} ops/s hash {}",
+                    r.label(),
+                    r.throughput,
+                    r.final_hash
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn main() -> ExitCode {
         let args = Args::parse();
-        let scenario = match load(&args.scenario) {
+        let scenario = match Scenario::load(&args.scenario) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("sim: {e}");
@@ -145,22 +204,11 @@ mod app {
         }
         let sweep = seeds.len() > 1;
         let mut all: Vec<RunResult> = Vec::new();
-        let mut baselines: HashMap<(String, String, u64), RunResult> = HashMap::new();
+        let mut expectations = Expectations::new(&scenario, &args.scenario);
         let mut code = 0u8;
-        let (mut store_ops, mut run_ms) = (0u64, 0f64);
+        let mut cost = RunCost::default();
         let repeats = if args.check_determinism { 2 } else { 1 };
-        let mut plan = Vec::new();
-        for &seed in &seeds {
-            for &(layout, policy) in &configs {
-                for _ in 0..repeats {
-                    plan.push(Job {
-                        seed,
-                        layout,
-                        policy,
-                    });
-                }
-            }
-        }
+        let plan = plan(&seeds, &configs, repeats);
         let jobs = args.jobs.map_or_else(sweep::default_jobs, |j| j as usize);
         let bar = progress(plan.len() as u64);
         let started = std::time::Instant::now();
@@ -212,8 +260,7 @@ mod app {
                         }
                     }
                 }
-                store_ops += r.store_ops;
-                run_ms += r.wall_ms;
+                cost += r.cost();
                 if !r.violations.is_empty() {
                     warn!(
                         "sim: {} violation(s) in {} seed {seed}:",
@@ -232,94 +279,29 @@ mod app {
                 say!("{}", report::table(&results));
             }
             if sweep {
-                let summary: Vec<String> = results
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{} {:.0} ops/s hash {}",
-                            r.label(),
-                            r.throughput,
-                            r.final_hash
-                        )
-                    })
-                    .collect();
                 warn!(
                     "[{}/{}] seed {seed}: {}",
                     i + 1,
                     seeds.len(),
-                    summary.join(", ")
+                    seed_summary(&results)
                 );
             }
-            // Expectations: claims about this seed's figures.
-            for e in &scenario.expect {
-                let pick = |rs: &[RunResult], who: &RunRef| -> Option<f64> {
-                    rs.iter()
-                        .find(|r| who.is(&r.layout, &r.policy))
-                        .and_then(|r| r.metric(e.metric))
-                };
-                let lhs = pick(&results, &e.of);
-                let rhs = if let RunRef::Baseline { file, policy } = &e.than {
-                    let path = args.scenario.parent().unwrap_or(Path::new(".")).join(file);
-                    let key = (path.display().to_string(), policy.to_string(), seed);
-                    if !baselines.contains_key(&key) {
-                        let base = match load(&path) {
-                            Ok(b) => b,
-                            Err(err) => {
-                                warn!("sim: expectation baseline: {err}");
-                                return ExitCode::from(2);
-                            }
-                        };
-                        let p = *policy;
-                        let layout = base
-                            .configs(Some(p))
-                            .first()
-                            .map_or(LayoutKind::Blobstore, |c| c.0);
-                        bar.set_message(format!("seed {seed} baseline {}", path.display()));
-                        let job = Job {
-                            seed,
-                            layout,
-                            policy: p,
-                        };
-                        match sweep::run_one(&base, job) {
-                            Ok(r) => {
-                                store_ops += r.store_ops;
-                                run_ms += r.wall_ms;
-                                baselines.insert(key.clone(), r);
-                            }
-                            Err(err) => {
-                                warn!("sim: baseline {} did not finish: {err}", path.display());
-                                return ExitCode::from(3);
-                            }
+            match expectations.check(seed, &results, &|m| bar.set_message(m)) {
+                Ok(verdict) => {
+                    for (to_stderr, line) in verdict.lines {
+                        if to_stderr {
+                            warn!("{line}");
+                        } else {
+                            say!("{line}");
                         }
                     }
-                    baselines.get(&key).and_then(|r| r.metric(e.metric))
-                } else {
-                    pick(&results, &e.than)
-                };
-                let (Some(l), Some(r)) = (lhs, rhs) else {
-                    warn!(
-                        "sim: expectation {} of {} vs {}: metric missing",
-                        e.metric, e.of, e.than
-                    );
-                    code = code.max(4);
-                    continue;
-                };
-                let ok = e.is.holds(l, e.factor * r);
-                say!(
-                    "expect {} of {} {} {} x {} of {}: {:.3} vs {:.3} (ratio {:.2}) {}",
-                    e.metric,
-                    e.of,
-                    e.is,
-                    e.factor,
-                    e.metric,
-                    e.than,
-                    l,
-                    r,
-                    l / r.max(1e-12),
-                    if ok { "ok" } else { "FAILED" }
-                );
-                if !ok {
-                    code = code.max(4);
+                    if !verdict.held {
+                        code = code.max(4);
+                    }
+                }
+                Err(stop) => {
+                    warn!("{}", stop.message);
+                    return ExitCode::from(stop.code);
                 }
             }
             if i == 0
@@ -344,14 +326,10 @@ mod app {
             eprintln!("sim: {}: {e}", path.display());
             return ExitCode::from(2);
         }
-        // Both rates: what a user waits for (the sweep's wall clock, runs
-        // side by side), and what one run does on one thread.
-        let wall_s = started.elapsed().as_secs_f64();
+        cost += expectations.baseline_cost;
         println!(
-            "simulator speed: {:.0} store operations per wall-clock second ({store_ops} in {wall_s:.2} s, \
-             {jobs} run(s) at a time); one run on one thread: {:.0} per second",
-            store_ops as f64 / wall_s.max(1e-9),
-            store_ops as f64 / (run_ms / 1e3).max(1e-9),
+            "{}",
+            speed_line(&cost, started.elapsed().as_secs_f64(), jobs)
         );
         if code == 0 {
             println!("all invariants held");

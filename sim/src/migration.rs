@@ -7,17 +7,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use engine::driver::{Driver, SimDisk, SimFaults};
+use engine::driver::{Driver, SimDisk};
 use engine::meta::{MemoryMeta, MetaStore};
 use engine::migrate::migrate_in_place;
 use engine::oci::media;
-use engine::{Digest, LayoutKind, LockPolicy, Reference, RepoName, Store, StoreConfig, Tag};
+use engine::{Digest, LayoutKind, Reference, RepoName, Store, StoreConfig, Tag};
 use serde::Serialize;
 
 use crate::checker::Checker;
-use crate::faults::FaultPlan;
+use crate::faults::{self, FaultPlan, StopKind};
 use crate::rng::Rng;
 use crate::scenario::{Migration, MigrationMode};
+use crate::world::World;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MigrationSummary {
@@ -90,15 +91,10 @@ async fn preload(store: &Store, m: &Migration, rng: &Rng) {
 
 /// Machine operations (disk calls and metadata commits) of an
 /// uninterrupted migration of the scenario's dataset, on a disk of its own.
-async fn probe_length(
-    m: &Migration,
-    legacy: StoreConfig,
-    make_driver: &dyn Fn(&Arc<SimDisk>) -> Arc<dyn Driver>,
-    rng: &Rng,
-) -> u64 {
+async fn probe_length(m: &Migration, legacy: StoreConfig, world: &World, rng: &Rng) -> u64 {
     let disk = SimDisk::new();
     let meta: Arc<dyn MetaStore> = Arc::new(MemoryMeta::on_machine(disk.clone()));
-    let driver = make_driver(&disk);
+    let driver = world.driver_on(&disk);
     let store = Store::open(driver.clone(), meta.clone(), legacy)
         .await
         .expect("fresh legacy root");
@@ -127,19 +123,15 @@ fn markers(disk: &SimDisk) -> usize {
         .count()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The migration phase on `world`, stopped where `plan` says.
 pub async fn run(
     m: &Migration,
-    policy: LockPolicy,
-    disk: &Arc<SimDisk>,
-    meta: &Arc<MemoryMeta>,
-    driver: &Arc<dyn Driver>,
-    make_driver: &dyn Fn(&Arc<SimDisk>) -> Arc<dyn Driver>,
+    world: &World,
     plan: &FaultPlan,
-    base_faults: &SimFaults,
     checker: &Checker,
     rng: &Rng,
 ) -> MigrationSummary {
+    let (disk, driver, policy) = (&world.disk, &world.driver, world.config.policy);
     let started = tokio::time::Instant::now();
     let legacy = StoreConfig {
         layout: LayoutKind::Legacy,
@@ -149,7 +141,7 @@ pub async fn run(
         layout: LayoutKind::Blobstore,
         policy,
     };
-    let meta_dyn: Arc<dyn MetaStore> = meta.clone();
+    let meta_dyn = world.meta();
     let mut summary = MigrationSummary {
         mode: m.mode.to_string(),
         ..MigrationSummary::default()
@@ -186,25 +178,14 @@ pub async fn run(
 
     // How long the migration is: the same dataset migrated once, without
     // faults, on a disk of its own. Every stop is placed inside that length.
-    summary.ops = probe_length(m, legacy, make_driver, rng).await;
+    summary.ops = probe_length(m, legacy, world, rng).await;
     let n = summary.ops.max(2);
-    let mut stops: Vec<(u64, bool)> = plan
-        .migration_crashes
-        .iter()
-        .map(|k| (*k, true))
-        .chain(
-            plan.migration_crash_fractions
-                .iter()
-                .map(|f| (1 + (f * (n - 1) as f64) as u64, true)),
-        )
-        .chain(plan.migration_no_space.iter().map(|k| (*k, false)))
-        .collect();
-    stops.sort();
-    stops.dedup_by_key(|(k, _)| *k);
+    let stops = plan.migration_stops(n);
     summary.planned_stops = stops.len();
-    if let Some((k, _)) = stops.iter().find(|(k, _)| *k >= n) {
+    if let Some(s) = stops.iter().find(|s| s.after_ops >= n) {
         checker.violation(format!(
-            "a planned migration stop after {k} operations is past the migration's end ({n} operations)"
+            "a planned migration stop after {} operations is past the migration's end ({n} operations)",
+            s.after_ops
         ));
     }
     // Positions count along the uninterrupted migration. A resumed run
@@ -213,24 +194,13 @@ pub async fn run(
     // left: a stop `k - previous` operations into it lands before its end.
     disk.power_on(); // the stops count the migration's operations only
     let mut previous = 0;
-    for (k, crash) in stops.into_iter().filter(|(k, _)| *k < n) {
+    for stop in stops.into_iter().filter(|s| s.after_ops < n) {
+        let k = stop.after_ops;
         let after = k - previous;
         previous = k;
-        let faults = if crash {
-            SimFaults {
-                crash_after_ops: Some(after),
-                ..base_faults.clone()
-            }
-        } else {
-            SimFaults {
-                no_space_after_ops: Some(after),
-                ..base_faults.clone()
-            }
-        };
-        disk.set_faults(faults);
-        let result = migrate_in_place(driver.clone(), meta_dyn.clone(), &|_, _| {}).await;
-        disk.set_faults(base_faults.clone());
-        disk.power_on();
+        let migration = migrate_in_place(driver.clone(), meta_dyn.clone(), &|_, _| {});
+        let result = faults::stop_migration(world, stop, after, migration).await;
+        let crash = stop.kind == StopKind::PowerCut;
         match result {
             Err(e) if crash && crashed(&e) => summary.crashes += 1,
             Err(e) if !crash && e.is_no_space() => summary.no_space_stops += 1,

@@ -68,11 +68,66 @@ pub struct RunResult {
     pub no_space: u64,
     pub acked_after_full: u64,
     pub crashes: usize,
+    /// Disk faults delivered: reads answered with a flipped bit, and power
+    /// cuts that tore a write a name still reaches.
+    pub flipped_reads: u64,
+    pub torn_writes: u64,
     pub migration: Option<MigrationSummary>,
+    /// With several instances: how often their fences stopped one.
+    pub cluster: Option<ClusterFigures>,
     pub violations: Vec<String>,
     pub final_hash: String,
     pub store_ops: u64,
+    /// What the run cost this process: see [`RunCost`].
     pub wall_ms: f64,
+    pub cpu_ms: f64,
+}
+
+/// With several instances: the times a fence stopped an instance that
+/// could have acted on a stale view (the faults must reach them, or the
+/// run proved little).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ClusterFigures {
+    /// Lock checks before a write that found the session unconfirmed
+    /// (partitioned, paused, the service gone): the write did not happen.
+    pub stale_lock_checks: u64,
+    /// Sessions the service had ended when their instance next spoke.
+    pub sessions_ended: u64,
+    /// index.json rewrites refused because another instance had written
+    /// it since it was read (compare-and-swap).
+    pub swaps_refused: u64,
+    /// Metadata writes refused by a lease taken over: its epoch (the
+    /// fencing token) or its row had moved on.
+    pub fenced_writes: u64,
+}
+
+/// Store operations and what they cost, summed over runs: the wall-clock
+/// time of each run (from its runtime's creation to its drop) and the CPU
+/// time its thread used meanwhile. On a shared machine the wall time grows
+/// with the load of other processes; the CPU time does not, so the two
+/// rates side by side say how much of a slow figure is the machine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunCost {
+    pub store_ops: u64,
+    pub wall_ms: f64,
+    pub cpu_ms: f64,
+}
+
+impl std::ops::AddAssign for RunCost {
+    fn add_assign(&mut self, other: RunCost) {
+        self.store_ops += other.store_ops;
+        self.wall_ms += other.wall_ms;
+        self.cpu_ms += other.cpu_ms;
+    }
+}
+
+impl RunCost {
+    /// Store operations per second of the runs' wall time, and per second
+    /// of their threads' CPU time.
+    pub fn rates(&self) -> (f64, f64) {
+        let per = |ms: f64| self.store_ops as f64 / (ms / 1e3).max(1e-9);
+        (per(self.wall_ms), per(self.cpu_ms))
+    }
 }
 
 fn ms(ns: u64) -> f64 {
@@ -155,11 +210,23 @@ impl RunResult {
             no_space: shared.stats.no_space.load(Ordering::Relaxed),
             acked_after_full: shared.stats.acked_after_full.load(Ordering::Relaxed),
             crashes,
+            flipped_reads: 0,
+            torn_writes: 0,
             migration,
+            cluster: None,
             violations: shared.checker.violations(),
             final_hash,
             store_ops: shared.stats.store_ops.load(Ordering::Relaxed),
             wall_ms: 0.0,
+            cpu_ms: 0.0,
+        }
+    }
+
+    pub fn cost(&self) -> RunCost {
+        RunCost {
+            store_ops: self.store_ops,
+            wall_ms: self.wall_ms,
+            cpu_ms: self.cpu_ms,
         }
     }
 
@@ -246,6 +313,18 @@ pub fn table(results: &[RunResult]) -> String {
             r.retries
         );
     }
+    for r in results.iter() {
+        let Some(c) = r.cluster else { continue };
+        let _ = writeln!(
+            out,
+            "several instances ({}): {} lock checks found the session unconfirmed; {} sessions ended by the service; {} index.json swaps refused; {} writes fenced by a lease taken over",
+            r.label(),
+            c.stale_lock_checks,
+            c.sessions_ended,
+            c.swaps_refused,
+            c.fenced_writes
+        );
+    }
     for r in results.iter().filter(|r| r.no_space > 0) {
         let _ = writeln!(
             out,
@@ -253,6 +332,18 @@ pub fn table(results: &[RunResult]) -> String {
             r.label(),
             r.no_space,
             r.acked_after_full
+        );
+    }
+    for r in results
+        .iter()
+        .filter(|r| r.flipped_reads + r.torn_writes > 0)
+    {
+        let _ = writeln!(
+            out,
+            "disk faults ({}): {} reads answered with a flipped bit; {} power cuts tore a write",
+            r.label(),
+            r.flipped_reads,
+            r.torn_writes
         );
     }
     for r in results {

@@ -32,6 +32,10 @@ pub struct Scenario {
     pub gc: Option<GcSection>,
     #[serde(default)]
     pub migration: Option<Migration>,
+    /// Several instances over one store (DESIGN §15), each a madsim node,
+    /// with the shared metadata and locks on a service node of their own.
+    #[serde(default)]
+    pub instances: Option<Instances>,
     /// Claims the run checks about its own results (see README).
     #[serde(default)]
     pub expect: Vec<Expectation>,
@@ -367,8 +371,17 @@ pub struct Faults {
     /// Additional power cuts at times drawn from the seed.
     #[serde(default)]
     pub random_crashes: u64,
+    /// On a power cut, a prefix of the last unsynced write survives.
     #[serde(default)]
     pub torn_writes: bool,
+    /// On a power cut, the last unsynced write keeps its length with a
+    /// stretch inside it zeroed (instead of a prefix).
+    #[serde(default)]
+    pub torn_inside: bool,
+    /// About one blob read in this many comes back with a bit flipped
+    /// (the stored bytes intact): the store must refuse it (invariant 6).
+    #[serde(default)]
+    pub read_flips_one_in: Option<u64>,
     /// Disk capacity in bytes (0: unlimited).
     #[serde(default)]
     pub capacity_bytes: u64,
@@ -464,6 +477,93 @@ impl std::fmt::Display for MigrationMode {
             MigrationMode::SideBySide => "side_by_side",
         })
     }
+}
+
+/// Several instances over one store: their number, what they share, and
+/// the faults of a cluster (network, crashes, pauses, the service going).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instances {
+    /// Instances serving the clients (client i talks to instance i % count).
+    pub count: u64,
+    #[serde(default)]
+    pub shared: SharedState,
+    /// One-way delay of a message between an instance and the service,
+    /// drawn per message, milliseconds `[min, max]`.
+    #[serde(default = "default_net_ms")]
+    pub net_ms: [u64; 2],
+    /// How long the service keeps a silent instance's locks (a database
+    /// connection's timeout), seconds; instances heartbeat at a fifth of it.
+    #[serde(default = "one_f")]
+    pub session_ttl_s: f64,
+    /// How long a GC sweep's lease lasts (renewed at half), seconds.
+    #[serde(default = "default_sweep_lease")]
+    pub sweep_lease_s: f64,
+    /// Instance crashes (killed, restarted `restart_after_s` later), at
+    /// times and on instances drawn from the seed.
+    #[serde(default)]
+    pub crashes: u64,
+    #[serde(default = "default_restart_after")]
+    pub restart_after_s: f64,
+    /// Instances paused (a GC stop, a frozen VM) for `pause_s`, longer
+    /// than the session and the lease: they wake with a stale view.
+    #[serde(default)]
+    pub pauses: u64,
+    #[serde(default = "default_pause")]
+    pub pause_s: f64,
+    /// Pauses, `pause_s` long, of whichever instance holds the GC sweep's
+    /// lease at the drawn time (the first to take it after): it wakes
+    /// mid-sweep, its lease taken over, and its next fenced write must fail.
+    #[serde(default)]
+    pub sweeper_pauses: u64,
+    /// Partitions between an instance and the service, `partition_s` long.
+    #[serde(default)]
+    pub partitions: u64,
+    /// index.json writes that stall after their lock check while their
+    /// instance is cut off from the service for `partition_s`: its locks
+    /// lapse, another instance may take them and write, and the stalled
+    /// write must then be refused (compare-and-swap).
+    #[serde(default)]
+    pub stalled_swaps: u64,
+    /// UNSAFE, for proving the checker: the object store applies
+    /// index.json writes whatever their condition (an S3 look-alike that
+    /// ignores `If-Match` and still passes the startup probe, which writes
+    /// elsewhere). With `stalled_swaps`, acknowledged tags are lost.
+    #[serde(default)]
+    pub ignore_swap_conditions: bool,
+    #[serde(default = "default_pause")]
+    pub partition_s: f64,
+    /// Restarts of the service (every session and lock it held is gone;
+    /// its data, like PostgreSQL's, stays).
+    #[serde(default)]
+    pub service_restarts: u64,
+}
+
+fn default_net_ms() -> [u64; 2] {
+    [1, 10]
+}
+fn default_sweep_lease() -> f64 {
+    2.0
+}
+fn default_restart_after() -> f64 {
+    0.3
+}
+fn default_pause() -> f64 {
+    3.0
+}
+
+/// What the instances share besides the object store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedState {
+    /// Metadata and locks on the service, compare-and-swap on index.json,
+    /// the sweep under a fenced lease (DESIGN §15).
+    #[default]
+    Service,
+    /// UNSAFE, zot's scale-out: metadata on the service but each instance
+    /// with its own in-process locks and plain index.json rewrites (zot
+    /// #4337 loses tags this way). For proving the checker finds it.
+    InProcessLocks,
 }
 
 /// A claim about the run's own figures, checked and reported.
@@ -637,6 +737,12 @@ fn line_of(src: &str, key: &str) -> String {
 }
 
 impl Scenario {
+    /// Reads and parses the scenario file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Scenario, String> {
+        let src = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Scenario::parse(&src, &path.display().to_string()).map_err(|e| e.0)
+    }
+
     pub fn parse(src: &str, file: &str) -> Result<Scenario, ScenarioError> {
         let s: Scenario = toml::from_str(src).map_err(|e| ScenarioError(format!("{file}: {e}")))?;
         s.validate(src, file)?;
@@ -709,6 +815,15 @@ impl Scenario {
                 );
             }
         }
+        if self.faults.read_flips_one_in == Some(0) {
+            return bad("faults.read_flips_one_in", "must be >= 1");
+        }
+        if self.faults.torn_writes && self.faults.torn_inside {
+            return bad(
+                "faults.torn_inside",
+                "tears either a prefix (torn_writes) or inside (torn_inside), not both",
+            );
+        }
         if let Some(gc) = &self.gc {
             if gc.every_s.is_nan() || gc.every_s <= 0.0 {
                 return bad("gc.every_s", "must be > 0");
@@ -726,6 +841,9 @@ impl Scenario {
         if w.protocol.chunk_gap_ms > 60_000 {
             return bad("workload.protocol.chunk_gap_ms", "must be <= 60000");
         }
+        if let Some(i) = &self.instances {
+            self.validate_instances(i, src, file)?;
+        }
         if let Some(m) = &self.migration {
             if m.preload_repos == 0 {
                 return bad("migration.preload_repos", "must be >= 1");
@@ -736,6 +854,62 @@ impl Scenario {
                     "a migration scenario migrates to [\"blobstore\"]",
                 );
             }
+        }
+        Ok(())
+    }
+
+    fn validate_instances(
+        &self,
+        i: &Instances,
+        src: &str,
+        file: &str,
+    ) -> Result<(), ScenarioError> {
+        let bad = |key: &str, why: &str| {
+            Err(ScenarioError(format!(
+                "{file}: {key}{}: {why}",
+                line_of(src, key)
+            )))
+        };
+        if !(1..=16).contains(&i.count) {
+            return bad("instances.count", "must be 1..=16");
+        }
+        if i.net_ms[0] > i.net_ms[1] || i.net_ms[1] > 10_000 {
+            return bad(
+                "instances.net_ms",
+                "must be [min, max] with min <= max <= 10000",
+            );
+        }
+        for (key, v) in [
+            ("instances.session_ttl_s", i.session_ttl_s),
+            ("instances.sweep_lease_s", i.sweep_lease_s),
+            ("instances.restart_after_s", i.restart_after_s),
+            ("instances.pause_s", i.pause_s),
+            ("instances.partition_s", i.partition_s),
+        ] {
+            if !(v > 0.0 && v <= 3600.0) {
+                return bad(key, "must be > 0 and <= 3600");
+            }
+        }
+        // Several instances share an object store on the sim disk; a power
+        // cut of that disk is not a fault of theirs (S3 does not lose power
+        // with an instance), and migration runs before instances exist.
+        if self.store.driver != DriverKind::Objects || self.store.layouts != [LayoutKind::Blobstore]
+        {
+            return bad(
+                "instances",
+                "several instances share a blobstore root on objects: driver = \"objects\", layouts = [\"blobstore\"]",
+            );
+        }
+        if !self.faults.crash_at_s.is_empty()
+            || self.faults.random_crashes > 0
+            || self.faults.capacity_bytes > 0
+            || self.faults.broken.is_some()
+            || self.migration.is_some()
+        {
+            return bad(
+                "instances",
+                "the faults of several instances are in [instances] (no power cuts, full disks, broken stores or migration)",
+            );
         }
         Ok(())
     }
@@ -802,5 +976,40 @@ mod tests {
         }
         let e = Scenario::parse("name = 3\n", "x.toml").unwrap_err();
         assert!(e.0.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn several_instances_need_their_own_kind_of_root_and_faults() {
+        let objects = "[store]\ndriver = \"objects\"\n";
+        for (src, says) in [
+            ("[instances]\ncount = 2\n", "driver = \"objects\""),
+            (
+                &format!("{objects}[instances]\ncount = 0\n"),
+                "instances.count (line 5): must be 1..=16",
+            ),
+            (
+                &format!("{objects}[instances]\ncount = 2\nshared = \"none\"\n"),
+                "none",
+            ),
+            (
+                &format!("{objects}[instances]\ncount = 2\nnet_ms = [9, 1]\n"),
+                "instances.net_ms (line 6)",
+            ),
+            (
+                &format!("{objects}[faults]\nrandom_crashes = 1\n[instances]\ncount = 2\n"),
+                "no power cuts",
+            ),
+        ] {
+            let e = Scenario::parse(&format!("name = \"x\"\n{src}"), "x.toml").unwrap_err();
+            assert!(e.0.contains(says), "{src}: {e}");
+        }
+        let ok = Scenario::parse(
+            &format!(
+                "name = \"x\"\n{objects}[instances]\ncount = 3\nshared = \"in_process_locks\"\n"
+            ),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.instances.unwrap().shared, SharedState::InProcessLocks);
     }
 }

@@ -20,12 +20,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use engine::driver::{Driver, SimDisk};
+use engine::layout::{blobstore_blob, repo_blob};
 use engine::oci::media;
 use engine::{Digest, ErrorCode, Reference, RepoName, Store, Tag};
 use hdrhistogram::Histogram;
 use testkit::oci;
 
-use crate::checker::{Acked, Checker, blobs_of};
+use crate::checker::{Acked, Checker};
 use crate::rng::Rng;
 use crate::scenario::{GcSection, LayerBytes, Workload};
 
@@ -197,10 +199,31 @@ pub struct Shared {
     /// The store keeps a reserve for removals: invariant 11 is checked.
     pub keeps_reserve: bool,
     pub finished: AtomicU64,
+    read_faults: ReadFaults,
     pool_seed: u64,
     /// The shared layers, built on first use: every push and HEAD of a pool
     /// layer would otherwise regenerate and re-hash its bytes.
     pool: Vec<OnceLock<(Digest, Bytes)>>,
+}
+
+/// What clients know of the faults on their reads.
+#[derive(Debug, Default)]
+pub struct ReadFaults {
+    /// The disk, when its reads may come back with a flipped bit: the
+    /// store must refuse such a read (invariant 6), so an operation during
+    /// which one was served may fail where it otherwise could not. Wrong
+    /// bytes are never excused.
+    pub flips: Option<Arc<SimDisk>>,
+    /// A deliberately broken store that skips read verification: blobs
+    /// are served straight from this driver (see [`crate::broken`]).
+    pub unverified: Option<Arc<dyn Driver>>,
+}
+
+impl ReadFaults {
+    /// Reads served with a flipped bit so far.
+    fn flips_served(&self) -> u64 {
+        self.flips.as_ref().map_or(0, |disk| disk.flipped_reads())
+    }
 }
 
 /// An image a client pushed and got acknowledged.
@@ -222,6 +245,7 @@ impl Shared {
         workload: Workload,
         gc: Option<&GcSection>,
         keeps_reserve: bool,
+        read_faults: ReadFaults,
         rng: &Rng,
     ) -> Shared {
         let clients = (0..workload.clients)
@@ -245,6 +269,7 @@ impl Shared {
             session_idle_limit: gc.map(GcSection::session_idle_limit),
             keeps_reserve,
             finished: AtomicU64::new(0),
+            read_faults,
             pool_seed: rng.fork(7).next(),
             pool,
         }
@@ -350,11 +375,16 @@ pub async fn preload(store: &Store, shared: &Shared, rng: &Rng) {
                     .push_blob(&repo, d, data.clone())
                     .await
                     .expect("preload blob");
+                shared.checker.learn(d, data);
             }
             let tag = format!("pre{k}");
+            let digest = Digest::sha256(&manifest);
+            shared.checker.learn(&digest, &manifest);
             let acked = Acked {
-                digest: Digest::sha256(&manifest),
-                blobs: blobs_of(media::OCI_MANIFEST, &manifest),
+                blobs: shared
+                    .checker
+                    .manifest_blobs(media::OCI_MANIFEST, &digest, &manifest),
+                digest,
             };
             let write = shared.checker.begin(&repo, &tag, Some(acked));
             let reference = Reference::Tag(Tag::parse(&tag).expect("valid"));
@@ -418,6 +448,7 @@ pub async fn client(id: u64, store: Store, shared: Arc<Shared>) {
             store: &store,
             shared: &shared,
             repo: &repo,
+            flips_before: shared.read_faults.flips_served(),
         };
         let (class, outcome) = match class {
             OpClass::Push => c.push(&mut rng).await,
@@ -469,9 +500,34 @@ struct Client<'a> {
     store: &'a Store,
     shared: &'a Shared,
     repo: &'a RepoName,
+    /// Reads served with a flipped bit when the operation began.
+    flips_before: u64,
 }
 
 impl Client<'_> {
+    /// Whether a read during this operation came back corrupted (the store
+    /// may then refuse what it could not refuse otherwise).
+    fn read_flipped(&self) -> bool {
+        self.shared.read_faults.flips_served() != self.flips_before
+    }
+
+    /// A blob read as the client sees it: through the store, or, for a
+    /// store broken to skip verification, straight from the disk.
+    async fn get_blob(&self, d: &Digest) -> Result<Bytes, engine::StoreError> {
+        let Some(driver) = &self.shared.read_faults.unverified else {
+            return self.store.get_blob(self.repo, d).await;
+        };
+        for path in [repo_blob(self.repo, d), blobstore_blob(d)] {
+            if let Ok(bytes) = driver.get(&path, None).await {
+                return Ok(bytes);
+            }
+        }
+        Err(engine::StoreError::BlobUnknown {
+            repo: self.repo.to_string(),
+            digest: d.clone(),
+        })
+    }
+
     fn count(&self, store_ops: u64) {
         self.shared
             .stats
@@ -495,6 +551,7 @@ impl Client<'_> {
             self.count(1);
             if from != *self.repo && self.store.mount_blob(&from, self.repo, d).await? {
                 self.shared.checker.touch_blob(sent, self.repo, d);
+                self.shared.checker.learn(d, data);
                 return Ok(());
             }
         }
@@ -504,6 +561,7 @@ impl Client<'_> {
             self.count(1);
             self.store.push_blob(self.repo, d, data.clone()).await?;
             self.shared.checker.touch_blob(sent, self.repo, d);
+            self.shared.checker.learn(d, data);
             return Ok(());
         }
         let gap = Duration::from_millis(p.chunk_gap_ms);
@@ -534,6 +592,7 @@ impl Client<'_> {
         self.session_answer(&r, idle, d);
         r?;
         self.shared.checker.touch_blob(sent, self.repo, d);
+        self.shared.checker.learn(d, data);
         Ok(())
     }
 
@@ -584,16 +643,18 @@ impl Client<'_> {
         manifest: &Bytes,
     ) -> Result<(), engine::StoreError> {
         let checker = &self.shared.checker;
+        let digest = Digest::sha256(manifest);
+        checker.learn(&digest, manifest);
         let (reference, write) = match target {
             Target::Tag(tag) => {
                 let acked = Acked {
-                    digest: Digest::sha256(manifest),
-                    blobs: blobs_of(media_type, manifest),
+                    blobs: checker.manifest_blobs(media_type, &digest, manifest),
+                    digest,
                 };
                 let write = checker.begin(self.repo, tag, Some(acked));
                 (Reference::Tag(Tag::parse(tag).expect("valid")), Some(write))
             }
-            Target::Digest => (Reference::Digest(Digest::sha256(manifest)), None),
+            Target::Digest => (Reference::Digest(digest), None),
         };
         self.count(1);
         let sent = now();
@@ -604,7 +665,7 @@ impl Client<'_> {
         if let (Target::Tag(tag), Some(write)) = (target, write) {
             match &result {
                 Ok(_) => checker.ack(self.repo, tag, write),
-                Err(_) => checker.abandon(self.repo, tag, write),
+                Err(e) => checker.failed(self.repo, tag, write, e),
             }
         }
         result?;
@@ -647,7 +708,10 @@ impl Client<'_> {
                 }
                 Err(e) => {
                     refused(self.shared, &e);
-                    if e.code().is_some() && e.code() != Some(ErrorCode::ManifestBlobUnknown) {
+                    if e.code().is_some()
+                        && e.code() != Some(ErrorCode::ManifestBlobUnknown)
+                        && !self.read_flipped()
+                    {
                         self.shared
                             .checker
                             .violation(format!("push to {}: unexpected {e}", self.repo));
@@ -850,7 +914,10 @@ impl Client<'_> {
                     e.code(),
                     Some(ErrorCode::ManifestUnknown | ErrorCode::NameUnknown)
                 );
-                if e.code().is_some() && !(absent && checker.may_show(repo, &tag, version, None)) {
+                if e.code().is_some()
+                    && !(absent && checker.may_show(repo, &tag, version, None))
+                    && !self.read_flipped()
+                {
                     checker.violation(format!(
                         "pull {repo}:{tag}: the acknowledged tag is unreadable, no write to it in flight: {e} (invariant 1)"
                     ));
@@ -858,7 +925,7 @@ impl Client<'_> {
                 return (class, Outcome::Failed); // moved, deleted, or a storage failure
             }
         };
-        if Digest::of(m.digest.algorithm(), &m.body) != m.digest {
+        if !checker.hashes_to(&m.digest, &m.body) {
             checker.violation(format!(
                 "pull {repo}:{tag}: manifest bytes do not hash to {} (invariant 6)",
                 m.digest
@@ -871,15 +938,15 @@ impl Client<'_> {
             ));
         }
         let mut outcome = Outcome::Acked;
-        for d in blobs_of(&m.media_type, &m.body) {
+        for d in checker.manifest_blobs(&m.media_type, &m.digest, &m.body) {
             self.count(1);
-            match store.get_blob(repo, &d).await {
-                Ok(bytes) if Digest::of(d.algorithm(), &bytes) == d => {}
+            match self.get_blob(&d).await {
+                Ok(bytes) if checker.hashes_to(&d, &bytes) => {}
                 Ok(_) => checker.violation(format!(
                     "pull {repo}: blob {d} served wrong bytes (invariant 6)"
                 )),
                 Err(e) => {
-                    if untouched() && e.code().is_some() {
+                    if untouched() && e.code().is_some() && !self.read_flipped() {
                         checker.violation(format!(
                             "pull {repo}:{tag}: blob {d} of the acknowledged manifest {} unreadable: {e} (invariant 1)",
                             m.digest
@@ -952,7 +1019,7 @@ impl Client<'_> {
             }
             Err(e) => {
                 // Its blobs may have been collected since (an untagged image).
-                shared.checker.abandon(repo, &tag, write);
+                shared.checker.failed(repo, &tag, write, &e);
                 self.unexpected("retag", &e, &[ErrorCode::ManifestBlobUnknown]);
                 (OpClass::Retag, Outcome::Failed)
             }
@@ -983,7 +1050,7 @@ impl Client<'_> {
                 (OpClass::Delete, Outcome::Acked)
             }
             Err(e) => {
-                shared.checker.abandon(repo, &tag, write);
+                shared.checker.failed(repo, &tag, write, &e);
                 self.unexpected("delete", &e, &[]);
                 if e.is_no_space() && shared.keeps_reserve {
                     shared.checker.violation(format!(
@@ -1001,6 +1068,7 @@ impl Client<'_> {
         refused(self.shared, e);
         if let Some(code) = e.code()
             && !expected.contains(&code)
+            && !self.read_flipped()
         {
             self.shared
                 .checker
