@@ -76,6 +76,10 @@ pub struct Inputs {
     pub gc: Option<Value>,
     pub migration: Option<Value>,
     pub upload: Option<Value>,
+    /// `serve.json`: `ocistore serve` and CNCF distribution over HTTP.
+    pub serve: Option<Value>,
+    /// `multi_instance.json`: several `serve` processes over one store.
+    pub multi_instance: Option<Value>,
     /// The simulator's runs (each file holds an array of results).
     pub sim: Vec<Value>,
     pub problems: Vec<String>,
@@ -111,6 +115,8 @@ impl Inputs {
         inputs.gc = json("gc_scaling");
         inputs.migration = json("migration");
         inputs.upload = json("upload");
+        inputs.serve = json("serve");
+        inputs.multi_instance = json("multi_instance");
         let sim_dir = results.join("sim");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&sim_dir)
             .into_iter()

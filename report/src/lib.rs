@@ -4,5 +4,7 @@
 
 pub mod charts;
 pub mod inputs;
+pub mod multi_instance;
 pub mod page;
 pub mod provenance;
+pub mod serve;

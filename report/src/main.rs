@@ -65,6 +65,21 @@ fn main() -> ExitCode {
         ),
         None => println!("target: not measured in these inputs"),
     }
+    match report::serve::push_ratio(&inputs) {
+        Some(r) => println!(
+            "target: serve push, {} / {} at {} clients = {r:.2}x (need >= {}x): {}",
+            report::serve::STRIPED,
+            report::serve::DISTRIBUTION,
+            report::serve::RATIO_CLIENTS,
+            report::serve::PUSH_RATIO_TARGET,
+            if r >= report::serve::PUSH_RATIO_TARGET {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
+        None => println!("target: serve push ratio not measured in these inputs"),
+    }
     if inputs.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
