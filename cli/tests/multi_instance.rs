@@ -313,3 +313,60 @@ async fn pushes_moves_deletes_gc_and_a_kill(backend: Backend) {
     drop(instances);
     ocistore(&root, &["--meta-postgres", &conninfo("fsck"), "fsck"]);
 }
+
+#[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunked_upload_round_robined_across_instances() {
+    chunked_upload_round_robin(OBJECT).await;
+}
+
+#[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 4)]
+async fn on_s3_a_chunked_upload_round_robined_across_instances() {
+    chunked_upload_round_robin(S3).await;
+}
+
+/// A load balancer with no session affinity: one upload's POST, PATCHes,
+/// status and PUT each land on the next instance. The session is its
+/// record in PostgreSQL, so each instance carries on where the last left
+/// off (one of them holding a writer the others have moved past), and the
+/// blob pulled through any instance is the bytes sent.
+async fn chunked_upload_round_robin(backend: Backend) {
+    let pg = Postgres::start();
+    let args = shared(&pg);
+    let (_dir, root) = init_root(backend, &strs(&args));
+    let instances: Vec<Instance> = (0..INSTANCES)
+        .map(|_| Instance::start(&root, &strs(&args), &[]))
+        .collect();
+    let clients: Vec<e2e::Client> = instances.iter().map(|i| e2e::Client::new(i.addr)).collect();
+    let at = |n: usize| &clients[n % clients.len()];
+    let repo = "lb/app";
+    let data = testkit::pattern(42, 7 * 4096);
+    let location = at(0).start_session(repo).await;
+    for (n, chunk) in data.chunks(4096).enumerate() {
+        let start = n * 4096;
+        let range = format!("{start}-{}", start + chunk.len() - 1);
+        let r = at(n + 1).patch_chunk(&location, &range, chunk).await;
+        assert_eq!(r.status.as_u16(), 202, "chunk {n} ({range}): {r:?}");
+        let status = at(n + 2).get(&location).await;
+        assert_eq!(
+            status.status.as_u16(),
+            204,
+            "status after chunk {n}: {status:?}"
+        );
+        assert_eq!(
+            status.header("range"),
+            Some(format!("0-{}", start + chunk.len() - 1).as_str()),
+            "status after chunk {n}"
+        );
+    }
+    let digest = engine::Digest::sha256(&data);
+    let r = at(1).finish_session(&location, &digest).await;
+    assert_eq!(r.status.as_u16(), 201, "PUT: {r:?}");
+    for client in &clients {
+        let pulled = client.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+        assert_eq!(pulled.status.as_u16(), 200, "{pulled:?}");
+        assert!(pulled.body[..] == data[..], "pulled other bytes");
+    }
+    drop(instances);
+    let fsck = ocistore(&root, &[strs(&args), vec!["fsck"]].concat());
+    println!("{fsck}");
+}

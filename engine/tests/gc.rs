@@ -320,16 +320,16 @@ async fn stale_uploads_go_only_past_the_delay_and_idle_limit(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(s.gc(HOUR).await.unwrap().count(GcKind::Upload), 0);
-    s.upload_status(&id).unwrap();
+    s.upload_status(&id).await.unwrap();
     // Delay 0 takes the leftover; the session, idle for less than the
     // upload timeout, is live.
     assert_eq!(s.gc(NOW).await.unwrap().count(GcKind::Upload), 1);
     assert!(s.driver().stat(&leftover).await.unwrap_err().is_not_found());
-    s.upload_status(&id).unwrap();
+    s.upload_status(&id).await.unwrap();
     let abandoned = NOW.upload_timeout(Duration::ZERO);
     assert_eq!(s.gc(abandoned).await.unwrap().count(GcKind::Upload), 1);
     assert_eq!(
-        code(s.upload_status(&id)),
+        code(s.upload_status(&id).await),
         Some(ErrorCode::BlobUploadUnknown)
     );
 }

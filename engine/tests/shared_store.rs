@@ -215,3 +215,142 @@ async fn a_blob_swept_by_another_instance_is_written_again() {
         "acknowledged, but gone"
     );
 }
+
+/// Three instances over one object directory, one metadata store and one
+/// set of locks, as a load balancer with no session affinity sees them.
+async fn three_instances(dir: &std::path::Path) -> Vec<Store> {
+    let meta = Arc::new(MemoryMeta::new());
+    let locks = Arc::new(engine::lock::LockManager::new(LockPolicy::Striped));
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let driver: Arc<dyn Driver> = Arc::new(ObjectDriver::in_dir(dir).unwrap());
+        stores.push(
+            Store::open_shared(driver, meta.clone(), CONFIG, locks.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    stores
+}
+
+fn is_upload_unknown(e: &StoreError) -> bool {
+    matches!(e, StoreError::BlobUploadUnknown { .. })
+}
+
+/// A chunked upload whose requests land on whichever instance: started on
+/// one, each chunk through another (one of them holding a writer the others
+/// have since moved past), its status asked anywhere, finished on a third.
+#[tokio::test]
+async fn an_upload_moves_between_instances_chunk_by_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = three_instances(dir.path()).await;
+    let repo = RepoName::parse("lb/app").unwrap();
+    let (digest, data) = oci::blob(testkit::pattern(11, 5 * 1000));
+    let id = s[0].start_upload(&repo).await.unwrap();
+    for (n, at) in [1, 2, 0, 1, 2].into_iter().enumerate() {
+        let (start, end) = (n as u64 * 1000, n as u64 * 1000 + 999);
+        let chunk = data.slice(start as usize..=end as usize);
+        let offset = s[at]
+            .upload_chunk(&id, Some((start, end)), chunk)
+            .await
+            .unwrap_or_else(|e| panic!("chunk {n} through instance {at}: {e}"));
+        assert_eq!(offset, end + 1);
+        for other in &s {
+            assert_eq!(other.upload_status(&id).await.unwrap().offset, end + 1);
+        }
+    }
+    s[0].finish_upload(&id, &digest, None).await.unwrap();
+    for other in &s {
+        assert_eq!(other.get_blob(&repo, &digest).await.unwrap(), data);
+        assert!(is_upload_unknown(
+            &other.upload_status(&id).await.unwrap_err()
+        ));
+    }
+    let findings = s[1].fsck().await.unwrap();
+    assert!(findings.iter().all(|f| !f.is_error()), "{findings:?}");
+    assert!(
+        s[2].driver().leftovers(None).await.unwrap().is_empty(),
+        "staged bytes left behind"
+    );
+}
+
+/// Cancelled through one instance, a session is over on every other:
+/// the one that wrote its chunks (and still holds a writer) included.
+#[tokio::test]
+async fn an_upload_cancelled_through_another_instance_is_over_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = three_instances(dir.path()).await;
+    let repo = RepoName::parse("lb/app").unwrap();
+    let id = s[0].start_upload(&repo).await.unwrap();
+    s[0].upload_chunk(&id, None, testkit::pattern(1, 3000))
+        .await
+        .unwrap();
+    s[1].cancel_upload(&id).await.unwrap();
+    for other in &s {
+        assert!(is_upload_unknown(
+            &other.upload_status(&id).await.unwrap_err()
+        ));
+    }
+    let late = s[0]
+        .upload_chunk(&id, None, testkit::pattern(2, 10))
+        .await
+        .unwrap_err();
+    assert!(is_upload_unknown(&late), "{late}");
+    assert!(
+        s[2].driver().leftovers(None).await.unwrap().is_empty(),
+        "staged bytes left behind"
+    );
+}
+
+/// GC expires a session once idle, and keeps one whose last chunk came
+/// through another instance, however long ago the instance running GC
+/// (which started both) last saw it; then GC in an instance that never saw
+/// the abandoned one finds nothing more to do.
+#[tokio::test]
+async fn sessions_expire_by_their_last_chunk_through_any_instance() {
+    use engine::gc::{GcKind, GcOptions};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = three_instances(dir.path()).await;
+    let repo = RepoName::parse("lb/app").unwrap();
+    let idle = GcOptions::new(Duration::ZERO).upload_timeout(Duration::from_millis(400));
+
+    let abandoned = s[0].start_upload(&repo).await.unwrap();
+    s[0].upload_chunk(&abandoned, None, testkit::pattern(3, 3000))
+        .await
+        .unwrap();
+    let kept = s[0].start_upload(&repo).await.unwrap();
+    s[0].upload_chunk(&kept, None, testkit::pattern(4, 3000))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Both are idle as the instance that started them saw them; one
+    // of them is not: a chunk just came through another instance.
+    s[1].upload_chunk(&kept, None, testkit::pattern(5, 1000))
+        .await
+        .unwrap();
+
+    let report = s[0].gc(idle).await.unwrap();
+    assert_eq!(report.count(GcKind::Upload), 1, "{report:?}");
+    let report = s[2].gc(idle).await.unwrap();
+    assert_eq!(report.count(GcKind::Upload), 0, "{report:?}");
+    for other in &s {
+        assert!(is_upload_unknown(
+            &other.upload_status(&abandoned).await.unwrap_err()
+        ));
+        assert_eq!(other.upload_status(&kept).await.unwrap().offset, 4000);
+    }
+    let (digest, data) = {
+        let mut all = testkit::pattern(4, 3000).to_vec();
+        all.extend_from_slice(&testkit::pattern(5, 1000));
+        let data = bytes::Bytes::from(all);
+        (engine::Digest::sha256(&data), data)
+    };
+    s[0].finish_upload(&kept, &digest, None).await.unwrap();
+    assert_eq!(s[2].get_blob(&repo, &digest).await.unwrap(), data);
+    assert!(
+        s[1].driver().leftovers(None).await.unwrap().is_empty(),
+        "the expired session's staged bytes are left behind"
+    );
+}

@@ -38,7 +38,7 @@ async fn chunked_uploads_check_ranges_and_sizes(h: &Harness) {
         .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::SizeInvalid), "{e}");
     assert_eq!(
-        s.upload_status(&id).unwrap().offset,
+        s.upload_status(&id).await.unwrap().offset,
         4,
         "a refused chunk changed the upload"
     );
@@ -64,7 +64,7 @@ async fn chunked_uploads_check_ranges_and_sizes(h: &Harness) {
         .unwrap();
     assert_eq!(s.get_blob(&r, &digest).await.unwrap(), data);
     assert_eq!(
-        code(&s.upload_status(&id).unwrap_err()),
+        code(&s.upload_status(&id).await.unwrap_err()),
         Some(ErrorCode::BlobUploadUnknown)
     );
 

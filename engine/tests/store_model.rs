@@ -850,6 +850,7 @@ impl Client {
                     .map(|_| Outcome::Ok),
                 Op::UploadStatus(slot) => store
                     .upload_status(self.upload(slot))
+                    .await
                     .map(|s| Outcome::Upload(s.repo.to_string(), s.offset)),
                 Op::Gc => store
                     .gc(GcOptions::new(Duration::ZERO))

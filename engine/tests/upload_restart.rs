@@ -161,6 +161,7 @@ async fn a_session_survives_a_restart_on_every_backend() {
             let status = r
                 .store
                 .upload_status(&id)
+                .await
                 .unwrap_or_else(|e| panic!("{label}: {e}"));
             assert_eq!(status.repo, repo, "{label}");
             assert_eq!(status.offset, first.len() as u64, "{label}");
@@ -214,7 +215,7 @@ async fn a_large_session_resumes_with_the_right_digest_on_s3() {
     }
     r.reopen(true).await.unwrap();
     assert_eq!(
-        r.store.upload_status(&id).unwrap().offset,
+        r.store.upload_status(&id).await.unwrap().offset,
         18 << 20,
         "{label}"
     );
@@ -252,13 +253,13 @@ async fn a_power_cut_keeps_the_acknowledged_chunks() {
         // Written, not acknowledged: a streamed body cut off by the crash.
         r.store.append_upload(&id, lost.clone()).await.unwrap();
         assert_eq!(
-            r.store.upload_status(&id).unwrap().offset,
+            r.store.upload_status(&id).await.unwrap().offset,
             (acked.len() + lost.len()) as u64
         );
         r.reopen(true).await.unwrap();
 
         assert_eq!(
-            r.store.upload_status(&id).unwrap().offset,
+            r.store.upload_status(&id).await.unwrap().offset,
             acked.len() as u64,
             "{label}"
         );
@@ -305,7 +306,7 @@ async fn a_recorded_session_lives_until_it_expires_then_nothing_is_left() {
         assert_eq!(report.count(GcKind::Leftover), 0, "{label}: {report:?}");
         assert_eq!(report.count(GcKind::Repository), 0, "{label}: {report:?}");
         assert_eq!(
-            r.store.upload_status(&id).unwrap().offset,
+            r.store.upload_status(&id).await.unwrap().offset,
             staged.len() as u64,
             "{label}"
         );
@@ -335,7 +336,7 @@ async fn a_recorded_session_lives_until_it_expires_then_nothing_is_left() {
             .await
             .unwrap();
         assert_eq!(report.count(GcKind::Upload), 1, "{label}: {report:?}");
-        let e = r.store.upload_status(&id).unwrap_err();
+        let e = r.store.upload_status(&id).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::BlobUploadUnknown), "{label}");
         assert_eq!(recorded_sessions(&r).await, 0, "{label}");
         assert_eq!(staging_left(&r).await, Vec::<String>::new(), "{label}");
@@ -346,7 +347,7 @@ async fn a_recorded_session_lives_until_it_expires_then_nothing_is_left() {
         );
         // And after yet another restart, nothing comes back.
         r.reopen(true).await.unwrap();
-        assert!(r.store.upload_status(&id).is_err(), "{label}");
+        assert!(r.store.upload_status(&id).await.is_err(), "{label}");
         assert_eq!(staging_left(&r).await, Vec::<String>::new(), "{label}");
         assert_clean(&r.store, &label).await;
     }
@@ -368,7 +369,11 @@ async fn a_session_without_chunks_is_a_record_only_and_survives_a_power_cut() {
         assert_eq!(recorded_sessions(&r).await, 2, "{label}");
         r.reopen(true).await.unwrap();
 
-        assert_eq!(r.store.upload_status(&kept).unwrap().offset, 0, "{label}");
+        assert_eq!(
+            r.store.upload_status(&kept).await.unwrap().offset,
+            0,
+            "{label}"
+        );
         r.store.cancel_upload(&cancelled).await.unwrap();
         let data = pattern(8, 70_000);
         let digest = Digest::sha256(&data);
@@ -404,7 +409,7 @@ async fn cancelling_a_resumed_session_leaves_nothing() {
             .unwrap();
         r.reopen(true).await.unwrap();
         r.store.cancel_upload(&id).await.unwrap();
-        assert!(r.store.upload_status(&id).is_err(), "{label}");
+        assert!(r.store.upload_status(&id).await.is_err(), "{label}");
         assert_eq!(recorded_sessions(&r).await, 0, "{label}");
         assert_eq!(staging_left(&r).await, Vec::<String>::new(), "{label}");
         assert_eq!(

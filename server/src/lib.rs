@@ -35,7 +35,9 @@
 //! rebuild the hash. Sessions expire by last activity: the GC run inside
 //! `serve` (`--gc-every`) cancels those idle longer than the larger of the
 //! upload timeout and `--gc-delay`. See `engine::store` (blobs) for the
-//! crash points.
+//! crash points. With several instances (`--meta-postgres`) the record is
+//! the session: each request on it may go to any instance
+//! (`docs/multi-instance.md`).
 
 pub mod auth;
 pub mod error;

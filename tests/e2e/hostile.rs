@@ -264,7 +264,7 @@ async fn lying_content_length_is_refused_and_nothing_written() {
     .await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("SIZE_INVALID"), "{text}");
-    assert_eq!(reg.store.upload_status(id).unwrap().offset, 0);
+    assert_eq!(reg.store.upload_status(id).await.unwrap().offset, 0);
     assert_clean(&reg).await;
 }
 

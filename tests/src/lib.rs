@@ -398,6 +398,19 @@ impl Client {
         .await
     }
 
+    /// The closing PUT of a session at `location`, with no last chunk;
+    /// returns the response.
+    pub async fn finish_session(&self, location: &str, digest: &Digest) -> Resp {
+        let separator = if location.contains('?') { '&' } else { '?' };
+        self.send(
+            Method::PUT,
+            &format!("{location}{separator}digest={digest}"),
+            &[("content-length", "0")],
+            Bytes::new(),
+        )
+        .await
+    }
+
     /// A monolithic push (single POST); panics unless 201.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
         let digest = Digest::sha256(data);

@@ -207,6 +207,8 @@ impl Store {
         // References a dry run would have removed, so its sweep can say what
         // a real pass would sweep.
         let mut dropped: HashMap<Digest, u64> = HashMap::new();
+        // Sessions other instances started expire here too.
+        self.sync_sessions().await?;
         for repo in self.catalog(None, None).await? {
             report.repos_scanned += 1;
             match self.gc_repo(&repo, opts, &mut report, &mut dropped).await {
@@ -238,6 +240,7 @@ impl Store {
             repos_scanned: 1,
             ..GcReport::default()
         };
+        self.sync_sessions().await?;
         self.gc_repo(repo, opts, &mut report, &mut HashMap::new())
             .await?;
         Ok(report)
@@ -575,6 +578,9 @@ impl Store {
         // Open sessions count whether or not a call of theirs is running,
         // or their staged bytes are visible yet (an object store shows them
         // only at commit).
+        if index.manifests.is_empty() {
+            self.sync_sessions().await?; // with several instances
+        }
         let uploads_open = self.uploads().any_open(repo);
         let staged = self
             .driver()

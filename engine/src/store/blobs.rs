@@ -57,7 +57,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::gc::Marked;
 use crate::layout;
 use crate::lock::Intent;
-use crate::meta::{Batch, Table};
+use crate::meta::{Batch, MetaError, Table};
 use crate::oci::names::RepoName;
 use crate::sync::unmodeled::Mutex;
 
@@ -121,6 +121,33 @@ struct SessionRecord {
     staged: Vec<String>,
 }
 
+impl SessionRecord {
+    fn parse(value: &[u8]) -> Option<SessionRecord> {
+        serde_json::from_slice(value).ok()
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            written: self.offset,
+            token: self.token.clone(),
+            staged: self.staged.clone(),
+        }
+    }
+
+    /// The session as this record describes it, with no writer open here.
+    fn dormant(self) -> Option<Session> {
+        let repo = RepoName::parse(&self.repo).ok()?;
+        Some(Session {
+            repo,
+            started: from_millis(self.started_ms),
+            touched: from_millis(self.touched_ms),
+            offset: self.offset,
+            recorded: Some(self.checkpoint()),
+            state: State::Dormant,
+        })
+    }
+}
+
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -182,22 +209,58 @@ impl Uploads {
 
     /// A session recorded by an earlier process, dormant until used.
     fn restore(&self, id: String, record: SessionRecord) {
-        let Ok(repo) = RepoName::parse(&record.repo) else {
+        if let Some(session) = record.dormant() {
+            self.sessions.lock().unwrap().entry(id).or_insert(session);
+        }
+    }
+
+    /// Brings session `id` in line with its record as read just now, with
+    /// several instances, where the record is the session: another
+    /// instance may have started it, advanced it, or ended it since this
+    /// one last saw it. A session one of this instance's calls is running
+    /// is left alone (that call writes the record next), and so is one
+    /// whose driver keeps no records (it lives in this process only).
+    ///
+    /// A live writer this replaces is dropped, not aborted: it was
+    /// checkpointed at its last call, so its staged bytes, which the
+    /// record still names, are kept (DESIGN §13).
+    fn reconcile(&self, id: &str, record: Option<SessionRecord>) {
+        let mut sessions = self.sessions.lock().unwrap();
+        let Some(session) = sessions.get_mut(id) else {
+            if let Some(session) = record.and_then(SessionRecord::dormant) {
+                sessions.insert(id.to_owned(), session);
+            }
             return;
         };
-        let session = Session {
-            repo,
-            started: from_millis(record.started_ms),
-            touched: from_millis(record.touched_ms),
-            offset: record.offset,
-            recorded: Some(Checkpoint {
-                written: record.offset,
-                token: record.token,
-                staged: record.staged,
-            }),
-            state: State::Dormant,
+        if matches!(session.state, State::Busy) || session.recorded.is_none() {
+            return;
+        }
+        let Some(record) = record else {
+            sessions.remove(id); // finished, cancelled or expired elsewhere
+            return;
         };
-        self.sessions.lock().unwrap().entry(id).or_insert(session);
+        let same = session
+            .recorded
+            .as_ref()
+            .is_some_and(|c| c.written == record.offset && c.token == record.token);
+        if same {
+            session.touched = session.touched.max(from_millis(record.touched_ms));
+        } else if let Some(dormant) = record.dormant() {
+            *session = dormant;
+        }
+    }
+
+    /// Every session `records` holds, and none it does not (see
+    /// [`Uploads::reconcile`]).
+    fn reconcile_all(&self, records: HashMap<String, SessionRecord>) {
+        let mut ids: HashSet<String> = self.sessions.lock().unwrap().keys().cloned().collect();
+        for (id, record) in records {
+            ids.remove(&id);
+            self.reconcile(&id, Some(record));
+        }
+        for id in ids {
+            self.reconcile(&id, None);
+        }
     }
 
     /// Takes the session for one call (the slot stays, busy).
@@ -311,6 +374,15 @@ impl Uploads {
             .any(|s| &s.repo == repo)
     }
 
+    /// Whether one of this instance's calls on `id` is running.
+    fn busy(&self, id: &str) -> bool {
+        self.sessions
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_some_and(|s| matches!(s.state, State::Busy))
+    }
+
     /// Whether `id` is a session (its staged file is in use).
     pub(crate) fn in_use(&self, id: &str) -> bool {
         self.sessions.lock().unwrap().contains_key(id)
@@ -333,6 +405,7 @@ impl Store {
     /// holding a recorded session's staged bytes: live data until the
     /// session ends or expires, whoever wrote them.
     pub(crate) async fn leftovers(&self) -> StoreResult<Vec<Leftover>> {
+        self.sync_sessions().await?;
         let staged = self.inner.uploads.staged_paths();
         let mut leftovers = self.driver().leftovers(None).await?;
         leftovers.retain(|l| !staged.contains(&l.path));
@@ -351,6 +424,34 @@ impl Store {
                 continue;
             };
             self.inner.uploads.restore(id, record);
+        }
+        Ok(())
+    }
+
+    /// With several instances, session `id` as its record says now (see
+    /// [`Uploads::reconcile`]); with one, the table is the truth already.
+    async fn sync_session(&self, id: &str) -> StoreResult<()> {
+        if self.is_shared() {
+            let record = self.meta().get(Table::UPLOADS, id.as_bytes()).await?;
+            let record = record.as_deref().and_then(SessionRecord::parse);
+            self.inner.uploads.reconcile(id, record);
+        }
+        Ok(())
+    }
+
+    /// With several instances, every session as the records say now: the
+    /// ones other instances started included, for GC's expiry and its
+    /// empty-repository and leftover checks.
+    pub(crate) async fn sync_sessions(&self) -> StoreResult<()> {
+        if self.is_shared() {
+            let records = crate::meta::scan_all(self.meta(), Table::UPLOADS, b"")
+                .await?
+                .into_iter()
+                .filter_map(|(key, value)| {
+                    Some((String::from_utf8(key).ok()?, SessionRecord::parse(&value)?))
+                })
+                .collect();
+            self.inner.uploads.reconcile_all(records);
         }
         Ok(())
     }
@@ -455,6 +556,7 @@ impl Store {
 
     /// Takes session `id` for one call, resuming it if it is dormant.
     async fn take_session(&self, id: &str) -> StoreResult<(RepoName, SessionIo)> {
+        self.sync_session(id).await?;
         let (repo, taken) = self.inner.uploads.take(id)?;
         match taken {
             Taken::Live(io) => Ok((repo, io)),
@@ -497,6 +599,9 @@ impl Store {
         id: &str,
         idle_since: SystemTime,
     ) -> StoreResult<bool> {
+        if self.is_shared() {
+            return self.expire_shared_session(id, idle_since).await;
+        }
         match self.inner.uploads.take_if_idle(id, idle_since) {
             Some((repo, taken)) => {
                 self.discard_session(id, &repo, taken).await?;
@@ -506,6 +611,50 @@ impl Store {
         }
     }
 
+    /// [`Store::cancel_upload_if_idle`] with several instances: idle means
+    /// the record says so (a chunk through any instance touches it), and
+    /// the record goes first, on the condition that it is still the one
+    /// read, so a chunk another instance acknowledges meanwhile keeps the
+    /// session. Then its staged bytes go (a crash between the two leaves
+    /// them as leftovers, which GC reclaims once nothing records them).
+    async fn expire_shared_session(&self, id: &str, idle_since: SystemTime) -> StoreResult<bool> {
+        let Some(value) = self.meta().get(Table::UPLOADS, id.as_bytes()).await? else {
+            self.inner.uploads.reconcile(id, None);
+            return Ok(false);
+        };
+        let Some(record) = SessionRecord::parse(&value) else {
+            return Ok(false);
+        };
+        if from_millis(record.touched_ms) > idle_since || self.inner.uploads.busy(id) {
+            return Ok(false);
+        }
+        let forget = Batch::new()
+            .expect(Table::UPLOADS, id, Some(value))
+            .delete(Table::UPLOADS, id);
+        match self.meta().commit(forget).await {
+            Ok(()) => {}
+            Err(MetaError::Conflict { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        self.inner.uploads.reconcile(id, None);
+        let Ok(repo) = RepoName::parse(&record.repo) else {
+            return Ok(true);
+        };
+        let checkpoint = record.checkpoint();
+        if !is_unstaged(&checkpoint) {
+            match self
+                .driver()
+                .resume_writer(&layout::upload(&repo, id), PutMode::IfAbsent, &checkpoint)
+                .await
+            {
+                Ok(writer) => writer.abort().await?,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
     /// Opens an upload session in `repo` (created on first push). Its
     /// record is written before this returns: the session survives a
     /// restart from the start. Nothing is staged yet: the first chunk
@@ -513,13 +662,19 @@ impl Store {
     pub async fn start_upload(&self, repo: &RepoName) -> StoreResult<String> {
         self.admit_write().await?;
         let id = self.next_id();
-        let started = {
-            // The slot is reserved under the repository's lock, so GC's
-            // empty-repository check (exclusive) sees either no repository
-            // yet or one with a live session.
-            let _guard = self.lock(Intent::repo_read(repo)).await?;
-            self.ensure_repo(repo).await?;
-            millis(self.inner.uploads.reserve(&id, repo))
+        // The slot is reserved under the repository's lock, so GC's
+        // empty-repository check (exclusive) sees either no repository yet
+        // or one with a live session. Another instance's GC sees the
+        // session only by its record: with several, it is written under
+        // the lock too.
+        let guard = self.lock(Intent::repo_read(repo)).await?;
+        self.ensure_repo(repo).await?;
+        let started = millis(self.inner.uploads.reserve(&id, repo));
+        let guard = if self.is_shared() {
+            Some(guard)
+        } else {
+            drop(guard);
+            None
         };
         let record = SessionRecord {
             repo: repo.to_string(),
@@ -529,7 +684,9 @@ impl Store {
             token: String::new(),
             staged: Vec::new(),
         };
-        if let Err(e) = self.write_record(&id, &record).await {
+        let written = self.write_record(&id, &record).await;
+        drop(guard);
+        if let Err(e) = written {
             self.inner.uploads.end(&id);
             return Err(e);
         }
@@ -629,7 +786,8 @@ impl Store {
     }
 
     /// Where upload `id` stands.
-    pub fn upload_status(&self, id: &str) -> StoreResult<UploadStatus> {
+    pub async fn upload_status(&self, id: &str) -> StoreResult<UploadStatus> {
+        self.sync_session(id).await?;
         let sessions = self.inner.uploads.sessions.lock().unwrap();
         let s = sessions.get(id).ok_or_else(|| upload_unknown(id))?;
         Ok(UploadStatus {
@@ -642,6 +800,7 @@ impl Store {
 
     /// Abandons upload `id`; nothing of it remains.
     pub async fn cancel_upload(&self, id: &str) -> StoreResult<()> {
+        self.sync_session(id).await?;
         let (repo, taken) = self.inner.uploads.take(id)?;
         self.inner.uploads.end(id);
         self.discard_session(id, &repo, taken).await

@@ -259,8 +259,8 @@ fn created_blob(repo: &RepoName, digest: &Digest) -> Response {
 
 /// The session's offset, if `id` is a live session of `repo` (a session
 /// of another repository is unknown here).
-fn session_offset(store: &Store, repo: &RepoName, id: &str) -> ApiResult<u64> {
-    let status = store.upload_status(id)?;
+async fn session_offset(store: &Store, repo: &RepoName, id: &str) -> ApiResult<u64> {
+    let status = store.upload_status(id).await?;
     if &status.repo != repo {
         return Err(StoreError::BlobUploadUnknown { id: id.to_owned() }.into());
     }
@@ -376,7 +376,7 @@ pub(super) async fn patch(
     req: &Req,
     body: Body,
 ) -> ApiResult<Response> {
-    let offset = session_offset(store, repo, id)?;
+    let offset = session_offset(store, repo, id).await?;
     check_chunk(repo, id, offset, req)?;
     let offset = feed(store, id, body).await?;
     Ok(respond(
@@ -393,7 +393,7 @@ pub(super) async fn put(
     req: &Req,
     body: Body,
 ) -> ApiResult<Response> {
-    let offset = session_offset(store, repo, id)?;
+    let offset = session_offset(store, repo, id).await?;
     let Some(digest) = digest_param(req)? else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -407,8 +407,8 @@ pub(super) async fn put(
     Ok(created_blob(repo, &digest))
 }
 
-pub(super) fn status(store: &Store, repo: &RepoName, id: &str) -> ApiResult<Response> {
-    let offset = session_offset(store, repo, id)?;
+pub(super) async fn status(store: &Store, repo: &RepoName, id: &str) -> ApiResult<Response> {
+    let offset = session_offset(store, repo, id).await?;
     Ok(respond(
         StatusCode::NO_CONTENT,
         session_headers(repo, id, offset),
@@ -417,7 +417,7 @@ pub(super) fn status(store: &Store, repo: &RepoName, id: &str) -> ApiResult<Resp
 }
 
 pub(super) async fn cancel(store: &Store, repo: &RepoName, id: &str) -> ApiResult<Response> {
-    session_offset(store, repo, id)?;
+    session_offset(store, repo, id).await?;
     store.cancel_upload(id).await?;
     Ok(respond(
         StatusCode::NO_CONTENT,

@@ -117,7 +117,7 @@ async fn route_request(store: &Store, route: Route, req: Req, body: Body) -> Api
         },
         Route::Uploads(repo) if m == Method::POST => blobs::post(store, &repo, &req, body).await,
         Route::Upload(repo, id) => match m {
-            Method::GET => blobs::status(store, &repo, &id),
+            Method::GET => blobs::status(store, &repo, &id).await,
             Method::PATCH => blobs::patch(store, &repo, &id, &req, body).await,
             Method::PUT => blobs::put(store, &repo, &id, &req, body).await,
             Method::DELETE => blobs::cancel(store, &repo, &id).await,
