@@ -36,6 +36,42 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// A root shared through its own PostgreSQL, and [`INSTANCES`] `serve`
+/// processes over it (fields drop in order: the instances first).
+struct SharedRoot {
+    instances: Vec<Instance>,
+    root: Root,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+    _pg: Postgres,
+}
+
+impl SharedRoot {
+    fn start(backend: Backend) -> SharedRoot {
+        let pg = Postgres::start();
+        let args = shared(&pg);
+        let (dir, root) = init_root(backend, &strs(&args));
+        let instances = (0..INSTANCES)
+            .map(|_| Instance::start(&root, &strs(&args), &[]))
+            .collect();
+        SharedRoot {
+            instances,
+            root,
+            args,
+            _dir: dir,
+            _pg: pg,
+        }
+    }
+
+    /// Stops the instances, then judges the root with the CLI's fsck over
+    /// the same shared metadata (it fails the test on a finding).
+    fn stop_and_fsck(mut self) {
+        self.instances.clear();
+        let fsck = ocistore(&self.root, &[strs(&self.args), vec!["fsck"]].concat());
+        println!("{fsck}");
+    }
+}
+
 #[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 4)]
 async fn shared_instances_lose_no_acknowledged_tag() {
     no_acknowledged_tag_lost(OBJECT).await;
@@ -49,13 +85,8 @@ async fn shared_instances_on_s3_lose_no_acknowledged_tag() {
 /// The zot #4337 workload through [`INSTANCES`] instances sharing
 /// PostgreSQL: every tag acknowledged, none lost, fsck clean.
 async fn no_acknowledged_tag_lost(backend: Backend) {
-    let pg = Postgres::start();
-    let args = shared(&pg);
-    let (_dir, root) = init_root(backend, &strs(&args));
-    let instances: Vec<Instance> = (0..INSTANCES)
-        .map(|_| Instance::start(&root, &strs(&args), &[]))
-        .collect();
-    let addrs: Vec<_> = instances.iter().map(|i| i.addr).collect();
+    let shared = SharedRoot::start(backend);
+    let addrs: Vec<_> = shared.instances.iter().map(|i| i.addr).collect();
     let outcome = push_tags_concurrently(&addrs, "shared/app", CLIENTS, TAGS_PER_CLIENT).await;
     println!(
         "{INSTANCES} shared instances, {CLIENTS} clients x {TAGS_PER_CLIENT} tags: \
@@ -71,11 +102,7 @@ async fn no_acknowledged_tag_lost(backend: Backend) {
         outcome.refused
     );
     assert!(outcome.lost.is_empty(), "lost: {:?}", outcome.lost);
-    drop(instances);
-    // The root is consistent afterwards, judged by the CLI over the same
-    // shared metadata.
-    let fsck = ocistore(&root, &[strs(&args), vec!["fsck"]].concat());
-    println!("{fsck}");
+    shared.stop_and_fsck();
 }
 
 /// What a client last made of one tag, as far as it knows.
@@ -330,13 +357,12 @@ async fn on_s3_a_chunked_upload_round_robined_across_instances() {
 /// off (one of them holding a writer the others have moved past), and the
 /// blob pulled through any instance is the bytes sent.
 async fn chunked_upload_round_robin(backend: Backend) {
-    let pg = Postgres::start();
-    let args = shared(&pg);
-    let (_dir, root) = init_root(backend, &strs(&args));
-    let instances: Vec<Instance> = (0..INSTANCES)
-        .map(|_| Instance::start(&root, &strs(&args), &[]))
+    let shared = SharedRoot::start(backend);
+    let clients: Vec<e2e::Client> = shared
+        .instances
+        .iter()
+        .map(|i| e2e::Client::new(i.addr))
         .collect();
-    let clients: Vec<e2e::Client> = instances.iter().map(|i| e2e::Client::new(i.addr)).collect();
     let at = |n: usize| &clients[n % clients.len()];
     let repo = "lb/app";
     let data = testkit::pattern(42, 7 * 4096);
@@ -366,7 +392,5 @@ async fn chunked_upload_round_robin(backend: Backend) {
         assert_eq!(pulled.status.as_u16(), 200, "{pulled:?}");
         assert!(pulled.body[..] == data[..], "pulled other bytes");
     }
-    drop(instances);
-    let fsck = ocistore(&root, &[strs(&args), vec!["fsck"]].concat());
-    println!("{fsck}");
+    shared.stop_and_fsck();
 }
