@@ -314,7 +314,10 @@ async fn sessions_expire_by_their_last_chunk_through_any_instance() {
     let dir = tempfile::tempdir().unwrap();
     let s = three_instances(dir.path()).await;
     let repo = RepoName::parse("lb/app").unwrap();
-    let idle = GcOptions::new(Duration::ZERO).upload_timeout(Duration::from_millis(400));
+    // A stall of the machine only ages both sessions more: the abandoned
+    // one stays expired, and the kept one has the whole limit as margin.
+    let limit = Duration::from_secs(2);
+    let idle = GcOptions::new(Duration::ZERO).upload_timeout(limit);
 
     let abandoned = s[0].start_upload(&repo).await.unwrap();
     s[0].upload_chunk(&abandoned, None, testkit::pattern(3, 3000))
@@ -324,7 +327,7 @@ async fn sessions_expire_by_their_last_chunk_through_any_instance() {
     s[0].upload_chunk(&kept, None, testkit::pattern(4, 3000))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(limit + Duration::from_millis(100)).await;
     // Both are idle as the instance that started them saw them; one
     // of them is not: a chunk just came through another instance.
     s[1].upload_chunk(&kept, None, testkit::pattern(5, 1000))
