@@ -357,3 +357,66 @@ async fn sessions_expire_by_their_last_chunk_through_any_instance() {
         "the expired session's staged bytes are left behind"
     );
 }
+
+/// A compare-and-swap whose answer was lost: the write lands, and the
+/// client library's retry of the same request is refused (412) by that
+/// very write. Armed, it does so for the next index.json swap.
+#[derive(Debug)]
+struct LostAnswer {
+    inner: Arc<dyn Driver>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl engine::driver::Intercept for LostAnswer {
+    fn inner(&self) -> &dyn Driver {
+        &*self.inner
+    }
+
+    async fn put_if_version(
+        &self,
+        path: &DriverPath,
+        data: Bytes,
+        expected: Option<&engine::driver::ObjectVersion>,
+    ) -> engine::driver::DriverResult<engine::driver::ObjectVersion> {
+        let version = self.inner.put_if_version(path, data, expected).await?;
+        if path.as_str().ends_with("/index.json") && self.armed.swap(false, Ordering::SeqCst) {
+            return Err(engine::driver::DriverError::PreconditionFailed { path: path.clone() });
+        }
+        Ok(version)
+    }
+}
+
+/// docs/multi-instance.md used to list this as a spurious refusal: the
+/// push was answered 503 while its tag was in. The store reads index.json
+/// back after a refused swap: its own bytes there mean the write landed.
+#[tokio::test]
+async fn a_swap_refused_by_its_own_retried_write_is_acknowledged() {
+    let lost = Arc::new(engine::driver::Intercepted(LostAnswer {
+        inner: Arc::new(ObjectDriver::in_memory()),
+        armed: Default::default(),
+    }));
+    let locks = Arc::new(engine::lock::LockManager::new(LockPolicy::Striped));
+    let store = Store::open_shared(lost.clone(), Arc::new(MemoryMeta::new()), CONFIG, locks)
+        .await
+        .unwrap();
+    let repo = RepoName::parse("retried/app").unwrap();
+    let config = oci::blob("{}");
+    let layer = oci::blob(testkit::pattern(9, 1024));
+    for (d, data) in [&config, &layer] {
+        store.push_blob(&repo, d, data.clone()).await.unwrap();
+    }
+    let image = oci::Image::new(&config, &[layer]).build();
+    let tag = Reference::parse("v1").unwrap();
+    lost.armed.store(true, Ordering::SeqCst);
+    store
+        .put_manifest(&repo, &tag, &image.media_type, image.bytes.clone())
+        .await
+        .expect("the tag is in: the refusal was the retry's");
+    assert!(
+        !lost.armed.load(Ordering::SeqCst),
+        "the answer was not lost"
+    );
+    let tags = store.tags(&repo, None, None).await.unwrap();
+    assert_eq!(tags.len(), 1, "{tags:?}");
+}

@@ -434,17 +434,29 @@ impl Store {
         }
         match self
             .driver()
-            .put_if_version(&path, body, basis.0.as_ref())
+            .put_if_version(&path, body.clone(), basis.0.as_ref())
             .await
         {
             Ok(_) => Ok(()),
-            // Another instance wrote it under what should have been our
-            // exclusive lock: one of us lost its locks. Nothing written;
-            // the client may retry.
-            Err(e) if e.is_precondition_failed() => Err(StoreError::Lock(LockError::Lost {
-                service: "compare-and-swap",
-                message: format!("{repo}/index.json changed since it was read"),
-            })),
+            Err(e) if e.is_precondition_failed() => {
+                // A conditional PUT whose answer was lost is sent again by
+                // the client library (object_store retries), and the retry
+                // is refused by the first attempt's own write: if index.json
+                // holds exactly our bytes, the state we meant is there.
+                match self.driver().get_versioned(&path).await {
+                    Ok((now, _)) if now == body => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+                // Another instance wrote it under what should have been
+                // our exclusive lock: one of us lost its locks. Nothing
+                // written; the client may retry.
+                Err(StoreError::Lock(LockError::Lost {
+                    service: "compare-and-swap",
+                    message: format!("{repo}/index.json changed since it was read"),
+                }))
+            }
             Err(e) => Err(e.into()),
         }
     }
