@@ -357,6 +357,14 @@ pub async fn resumable_writes(d: &dyn Driver) {
     w.write(pattern(11, 1000)).await.unwrap();
     let first = match w.checkpoint().await {
         Err(DriverError::Unsupported { .. }) => {
+            // Upload sessions survive a restart only on drivers that keep
+            // staged bytes; an object store (S3's multipart) always can,
+            // so a wrapper that loses the call shows here.
+            assert!(
+                d.capabilities().hard_links,
+                "{}: an object store without resumable writes",
+                d.name()
+            );
             w.abort().await.unwrap();
             let none = Checkpoint {
                 written: 0,
@@ -449,6 +457,13 @@ pub async fn compare_and_swap(d: &dyn Driver) {
     };
     let v1 = match d.put_if_version(&path, Bytes::from("one"), None).await {
         Err(DriverError::Unsupported { .. }) => {
+            // Several instances need it on every object store (DESIGN §15):
+            // a wrapper dropping it (the latency wrapper once did) shows here.
+            assert!(
+                d.capabilities().hard_links,
+                "{}: an object store without compare-and-swap",
+                d.name()
+            );
             assert!(
                 matches!(
                     d.get_versioned(&path).await,

@@ -5,24 +5,19 @@
 //! and the blob comes back byte-identical. On both layouts, and on the
 //! fs, object and S3 (moto: the same bucket after the restart) backends.
 
-use crate::push::with_digest;
-use bytes::Bytes;
 use e2e::{Backend, Registry};
 use engine::{Digest, LayoutKind, LockPolicy};
-use hyper::{Method, StatusCode};
-
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
+use hyper::StatusCode;
 
 async fn resume_after_restart(backend: Backend, layout: LayoutKind, policy: LockPolicy) {
     let label = format!("{backend:?}/{layout}/{policy}");
     let reg = Registry::start_with(backend, layout, policy).await;
     let c = reg.client();
     let repo = "restart/app";
-    let (first, rest) = (data(1_500_000, 1), data(700_001, 2));
+    let (first, rest) = (
+        testkit::pattern(1, 1_500_000).to_vec(),
+        testkit::pattern(2, 700_001).to_vec(),
+    );
     let whole = [first.clone(), rest.clone()].concat();
     let digest = Digest::sha256(&whole);
 
@@ -56,14 +51,7 @@ async fn resume_after_restart(backend: Backend, layout: LayoutKind, policy: Lock
 
     // The closing PUT verifies the digest of everything, both servers' parts.
     let wrong = Digest::sha256(&first);
-    let r = c
-        .send(
-            Method::PUT,
-            &with_digest(&location, &wrong),
-            &[("content-length", "0")],
-            Bytes::new(),
-        )
-        .await;
+    let r = c.finish_session(&location, &wrong).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{label}: {r:?}");
     assert_eq!(r.error_code().as_deref(), Some("DIGEST_INVALID"), "{label}");
     // A refused digest ends the session; the client starts over, the
@@ -73,14 +61,7 @@ async fn resume_after_restart(backend: Backend, layout: LayoutKind, policy: Lock
     assert_eq!(r.status, StatusCode::ACCEPTED, "{label}: {r:?}");
     let reg = reg.restart().await;
     let c = reg.client();
-    let r = c
-        .send(
-            Method::PUT,
-            &with_digest(&location, &digest),
-            &[("content-length", "0")],
-            Bytes::new(),
-        )
-        .await;
+    let r = c.finish_session(&location, &digest).await;
     assert_eq!(r.status, StatusCode::CREATED, "{label}: {r:?}");
     assert_eq!(
         r.header("docker-content-digest"),
