@@ -16,6 +16,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::error::StoreResult;
+use crate::gc::millis;
 use crate::meta::{Batch, MetaError, MetaStore, Table};
 
 /// A lease this instance holds.
@@ -31,11 +32,6 @@ pub(crate) struct Lease {
 
 fn epoch_key(key: &[u8]) -> Vec<u8> {
     [key, b"/epoch"].concat()
-}
-
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `(epoch, holder, expires_ms)` of a stored lease.

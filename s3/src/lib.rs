@@ -217,11 +217,6 @@ impl S3Driver {
             .collect())
     }
 
-    /// The object's key in the bucket.
-    pub fn key(&self, path: &DriverPath) -> String {
-        format!("{}{path}", self.inner.key_prefix)
-    }
-
     /// A URL that lets its holder GET `path` for `expires_in`, without
     /// credentials (redirected pulls, DESIGN §13).
     pub async fn presigned_get(

@@ -64,9 +64,11 @@ pub(crate) fn scope_prefix(scope: &str) -> Vec<u8> {
     format!("mark\0{scope}\0").into_bytes()
 }
 
+/// Milliseconds since the Unix epoch: how marks, leases and upload
+/// session records store a time (0 before the epoch, saturating after).
 pub(crate) fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Whether a mark written at `since` (ms) is at least `delay` old at `now` (ms).

@@ -38,7 +38,7 @@ mod fenced;
 mod marks;
 mod reach;
 
-pub(crate) use marks::Marked;
+pub(crate) use marks::{Marked, millis};
 use reach::Edges;
 
 use std::collections::{HashMap, HashSet};

@@ -54,7 +54,7 @@ use super::Store;
 use crate::digest::{Algorithm, Digest, DigestHasher};
 use crate::driver::{BlobWriter, COPY_CHUNK, Checkpoint, DriverError, Leftover, PutMode};
 use crate::error::{StoreError, StoreResult};
-use crate::gc::Marked;
+use crate::gc::{Marked, millis};
 use crate::layout;
 use crate::lock::Intent;
 use crate::meta::{Batch, MetaError, Table};
@@ -148,11 +148,6 @@ impl SessionRecord {
     }
 }
 
-fn millis(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn from_millis(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -207,15 +202,9 @@ impl Uploads {
         now
     }
 
-    /// A session recorded by an earlier process, dormant until used.
-    fn restore(&self, id: String, record: SessionRecord) {
-        if let Some(session) = record.dormant() {
-            self.sessions.lock().unwrap().entry(id).or_insert(session);
-        }
-    }
-
-    /// Brings session `id` in line with its record as read just now, with
-    /// several instances, where the record is the session: another
+    /// Brings session `id` in line with its record as read just now: at
+    /// open, for each record an earlier process left; with several
+    /// instances, at each call, where the record is the session: another
     /// instance may have started it, advanced it, or ended it since this
     /// one last saw it. A session one of this instance's calls is running
     /// is left alone (that call writes the record next), and so is one
@@ -252,7 +241,7 @@ impl Uploads {
 
     /// Every session `records` holds, and none it does not (see
     /// [`Uploads::reconcile`]).
-    fn reconcile_all(&self, records: HashMap<String, SessionRecord>) {
+    fn reconcile_all(&self, records: Vec<(String, SessionRecord)>) {
         let mut ids: HashSet<String> = self.sessions.lock().unwrap().keys().cloned().collect();
         for (id, record) in records {
             ids.remove(&id);
@@ -416,16 +405,21 @@ impl Store {
     /// module docs). Reads only; a record that does not parse is left to
     /// the GC pass that expires sessions.
     pub(super) async fn restore_uploads(&self) -> StoreResult<()> {
-        for (key, value) in crate::meta::scan_all(self.meta(), Table::UPLOADS, b"").await? {
-            let (Ok(id), Ok(record)) = (
-                String::from_utf8(key),
-                serde_json::from_slice::<SessionRecord>(&value),
-            ) else {
-                continue;
-            };
-            self.inner.uploads.restore(id, record);
+        for (id, record) in self.session_records().await? {
+            self.inner.uploads.reconcile(&id, Some(record));
         }
         Ok(())
+    }
+
+    /// Every session record that parses, in id order.
+    async fn session_records(&self) -> StoreResult<Vec<(String, SessionRecord)>> {
+        Ok(crate::meta::scan_all(self.meta(), Table::UPLOADS, b"")
+            .await?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                Some((String::from_utf8(key).ok()?, SessionRecord::parse(&value)?))
+            })
+            .collect())
     }
 
     /// With several instances, session `id` as its record says now (see
@@ -444,13 +438,7 @@ impl Store {
     /// empty-repository and leftover checks.
     pub(crate) async fn sync_sessions(&self) -> StoreResult<()> {
         if self.is_shared() {
-            let records = crate::meta::scan_all(self.meta(), Table::UPLOADS, b"")
-                .await?
-                .into_iter()
-                .filter_map(|(key, value)| {
-                    Some((String::from_utf8(key).ok()?, SessionRecord::parse(&value)?))
-                })
-                .collect();
+            let records = self.session_records().await?;
             self.inner.uploads.reconcile_all(records);
         }
         Ok(())
@@ -573,23 +561,32 @@ impl Store {
     /// Discards a session taken out of the map: its staged bytes, then
     /// its record.
     async fn discard_session(&self, id: &str, repo: &RepoName, taken: Taken) -> StoreResult<()> {
-        let writer = match taken {
-            Taken::Live(io) => Some(io.writer),
-            Taken::Dormant(checkpoint) if is_unstaged(&checkpoint) => None,
-            Taken::Dormant(checkpoint) => match self
-                .driver()
-                .resume_writer(&layout::upload(repo, id), PutMode::IfAbsent, &checkpoint)
-                .await
-            {
-                Ok(writer) => Some(writer),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(e.into()),
-            },
-        };
-        if let Some(writer) = writer {
-            writer.abort().await?;
+        match taken {
+            Taken::Live(io) => io.writer.abort().await?,
+            Taken::Dormant(checkpoint) => self.abort_staged(repo, id, &checkpoint).await?,
         }
         self.forget_session(id).await
+    }
+
+    /// Removes the staged bytes `checkpoint` names, if any are left.
+    async fn abort_staged(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        checkpoint: &Checkpoint,
+    ) -> StoreResult<()> {
+        if is_unstaged(checkpoint) {
+            return Ok(());
+        }
+        match self
+            .driver()
+            .resume_writer(&layout::upload(repo, id), PutMode::IfAbsent, checkpoint)
+            .await
+        {
+            Ok(writer) => Ok(writer.abort().await?),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Cancels session `id` if it is still idle (or dormant) since
@@ -640,18 +637,7 @@ impl Store {
         let Ok(repo) = RepoName::parse(&record.repo) else {
             return Ok(true);
         };
-        let checkpoint = record.checkpoint();
-        if !is_unstaged(&checkpoint) {
-            match self
-                .driver()
-                .resume_writer(&layout::upload(&repo, id), PutMode::IfAbsent, &checkpoint)
-                .await
-            {
-                Ok(writer) => writer.abort().await?,
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.abort_staged(&repo, id, &record.checkpoint()).await?;
         Ok(true)
     }
 

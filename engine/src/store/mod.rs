@@ -328,14 +328,15 @@ impl Store {
     /// Parses index.json's bytes, reusing the last parse of this
     /// repository's index while its bytes are unchanged (compared whole).
     fn parse_index(&self, repo: &RepoName, body: Bytes) -> StoreResult<Arc<ImageIndex>> {
-        let mut parsed = self.inner.parsed_indexes.lock().unwrap();
-        if let Some((bytes, index)) = parsed.get(repo)
+        if let Some((bytes, index)) = self.inner.parsed_indexes.lock().unwrap().get(repo)
             && *bytes == body
         {
             return Ok(index.clone());
         }
+        // Parsed outside the cache's lock, which every repository's reads take.
         let index: Arc<ImageIndex> =
             Arc::new(serde_json::from_slice(&body).map_err(|e| corrupt_index(repo, e))?);
+        let mut parsed = self.inner.parsed_indexes.lock().unwrap();
         if parsed.len() >= PARSED_INDEX_LIMIT {
             parsed.clear();
         }
