@@ -420,3 +420,185 @@ async fn a_swap_refused_by_its_own_retried_write_is_acknowledged() {
     let tags = store.tags(&repo, None, None).await.unwrap();
     assert_eq!(tags.len(), 1, "{tags:?}");
 }
+
+/// Counts whole reads of index.json, plain and versioned. Armed with
+/// a push, it lets that push in (another instance, no locks) just before
+/// the next plain read answers: a tag that lands between GC's analysis and
+/// its removals.
+#[derive(Debug)]
+struct IndexReads {
+    inner: Arc<dyn Driver>,
+    reads: AtomicUsize,
+    push_before_read: std::sync::Mutex<Option<(Store, RepoName, oci::Built)>>,
+}
+
+impl IndexReads {
+    fn count(&self, path: &DriverPath) -> bool {
+        let index = path.as_str().ends_with("/index.json");
+        if index {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
+        index
+    }
+}
+
+#[async_trait::async_trait]
+impl engine::driver::Intercept for IndexReads {
+    fn inner(&self) -> &dyn Driver {
+        &*self.inner
+    }
+
+    async fn get(
+        &self,
+        path: &DriverPath,
+        range: Option<std::ops::Range<u64>>,
+    ) -> engine::driver::DriverResult<Bytes> {
+        if self.count(path) {
+            let armed = self.push_before_read.lock().unwrap().take();
+            if let Some((other, repo, image)) = armed {
+                let tag = Reference::parse("pushed-meanwhile").unwrap();
+                other
+                    .put_manifest(&repo, &tag, &image.media_type, image.bytes.clone())
+                    .await
+                    .expect("the other instance's push");
+            }
+        }
+        self.inner.get(path, range).await
+    }
+
+    async fn get_versioned(
+        &self,
+        path: &DriverPath,
+    ) -> engine::driver::DriverResult<(Bytes, engine::driver::ObjectVersion)> {
+        self.count(path);
+        self.inner.get_versioned(path).await
+    }
+}
+
+/// A shared store counting its index.json reads, with one repository
+/// holding a tagged image and three unreferenced blobs.
+struct TaggedWithGarbage {
+    counted: Arc<engine::driver::Intercepted<IndexReads>>,
+    meta: Arc<MemoryMeta>,
+    store: Store,
+    repo: RepoName,
+    garbage: Vec<oci::Blob>,
+}
+
+async fn tagged_with_garbage() -> TaggedWithGarbage {
+    let counted = Arc::new(engine::driver::Intercepted(IndexReads {
+        inner: Arc::new(ObjectDriver::in_memory()),
+        reads: AtomicUsize::new(0),
+        push_before_read: Default::default(),
+    }));
+    let meta = Arc::new(MemoryMeta::new());
+    let locks = Arc::new(engine::lock::LockManager::new(LockPolicy::Striped));
+    let store = Store::open_shared(counted.clone(), meta.clone(), CONFIG, locks)
+        .await
+        .unwrap();
+    let repo = RepoName::parse("counted/app").unwrap();
+    let config = oci::blob("{}");
+    let layer = oci::blob(testkit::pattern(3, 512));
+    let image = oci::Image::new(&config, std::slice::from_ref(&layer)).build();
+    let garbage: Vec<_> = (0..3)
+        .map(|i| oci::blob(testkit::pattern(100 + i, 256)))
+        .collect();
+    for (d, data) in [&config, &layer].into_iter().chain(&garbage) {
+        store.push_blob(&repo, d, data.clone()).await.unwrap();
+    }
+    let tag = Reference::parse("v1").unwrap();
+    store
+        .put_manifest(&repo, &tag, &image.media_type, image.bytes.clone())
+        .await
+        .unwrap();
+    TaggedWithGarbage {
+        counted,
+        meta,
+        store,
+        repo,
+        garbage,
+    }
+}
+
+/// The blobs a pass removed.
+fn removed_blobs(report: &engine::gc::GcReport) -> Vec<String> {
+    report
+        .items
+        .iter()
+        .filter(|item| item.kind == engine::gc::GcKind::Blob)
+        .filter_map(|item| item.digest.clone())
+        .collect()
+}
+
+/// Shared mode pays a read of index.json for each GC candidate (another
+/// instance may have rewritten it), and no more: the analysis and the
+/// re-check take the generation of the bytes they parsed instead of
+/// reading them again. One read for the analysis, one per candidate, one
+/// to see whether the repository is empty.
+#[tokio::test]
+async fn gc_reads_a_shared_index_once_for_the_analysis_and_once_per_candidate() {
+    let TaggedWithGarbage {
+        counted,
+        store,
+        repo,
+        garbage,
+        ..
+    } = tagged_with_garbage().await;
+    counted.reads.store(0, Ordering::SeqCst);
+    let report = store
+        .gc(engine::gc::GcOptions::new(std::time::Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(removed_blobs(&report).len(), garbage.len(), "{report:?}");
+    assert_eq!(
+        counted.reads.load(Ordering::SeqCst),
+        1 + garbage.len() + 1,
+        "index.json reads in one pass over one repository with {} candidates",
+        garbage.len()
+    );
+    store
+        .get_manifest(&repo, &Reference::parse("v1").unwrap())
+        .await
+        .unwrap();
+}
+
+/// Another instance tags an image over two of the candidates after GC's
+/// analysis and before its removals: the re-check sees index.json changed,
+/// recomputes what is kept from the bytes it read, and removes only the
+/// third blob (delay zero, so nothing but that re-check keeps them). Still
+/// one read per candidate.
+#[tokio::test]
+async fn gc_keeps_what_another_instance_tagged_after_the_analysis() {
+    let TaggedWithGarbage {
+        counted,
+        meta,
+        store,
+        repo,
+        garbage,
+    } = tagged_with_garbage().await;
+    let other = Store::open_shared(counted.inner.clone(), meta, CONFIG, Arc::new(NoLocks))
+        .await
+        .unwrap();
+    let image = oci::Image::new(&garbage[0], std::slice::from_ref(&garbage[1])).build();
+    *counted.push_before_read.lock().unwrap() = Some((other, repo.clone(), image));
+    counted.reads.store(0, Ordering::SeqCst);
+    let report = store
+        .gc(engine::gc::GcOptions::new(std::time::Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(
+        counted.push_before_read.lock().unwrap().is_none(),
+        "the other instance never pushed"
+    );
+    assert_eq!(
+        removed_blobs(&report),
+        vec![garbage[2].0.to_string()],
+        "{report:?}"
+    );
+    for (d, _) in &garbage[..2] {
+        store.get_blob(&repo, d).await.unwrap();
+    }
+    assert_eq!(counted.reads.load(Ordering::SeqCst), 1 + garbage.len() + 1);
+    let findings = store.fsck().await.unwrap();
+    assert!(findings.is_empty(), "{findings:#?}");
+}

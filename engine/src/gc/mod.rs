@@ -45,6 +45,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::digest::Digest;
@@ -398,15 +399,18 @@ impl Store {
         let mut keep = reached.blobs;
         keep.extend(young);
         drop(rows);
+        // The bytes `keep` was computed from, as index.json now holds them.
+        let mut kept_body = body.clone();
         if !drop_rows.is_empty() {
             for d in &drop_rows {
                 report.add(GcKind::Manifest, Some(repo), Some(d), 0);
             }
             if !opts.dry_run {
                 // The kept rows are written back as they were read.
-                let pruned = index.without(|row| drop_rows.contains(row.digest()));
-                self.write_index_bytes_removing(repo, pruned, &basis, held)
+                let pruned = Bytes::from(index.without(|row| drop_rows.contains(row.digest())));
+                self.write_index_bytes_removing(repo, pruned.clone(), &basis, held)
                     .await?;
+                kept_body = pruned;
             }
         }
         let mut candidates = Vec::new();
@@ -416,7 +420,7 @@ impl Store {
             }
         }
         let analysis = Analysis {
-            generation: self.index_generation(repo).await?,
+            generation: self.generation_of(repo, Some(&kept_body)),
             keep,
         };
         Ok(Some((analysis, candidates)))
@@ -440,15 +444,19 @@ impl Store {
 
         for d in candidates {
             let guard = self.lock(Intent::blob_remove(repo, &d)).await?;
-            if self.index_generation(repo).await? != analysis.generation {
+            let (generation, read) = self.index_generation(repo).await?;
+            if generation != analysis.generation {
                 // A manifest changed since the analysis: recompute what is kept.
-                let body = self.read_index_bytes(repo).await?;
+                let body = match read {
+                    Some(body) => body,
+                    None => self.read_index_bytes(repo).await?,
+                };
                 let index = IndexRows::parse(&body).map_err(|e| corrupt_index(repo, e))?;
                 let rows = self.parsed_rows(repo, index.rows()).await?;
                 let mut keep = HashSet::new();
                 Store::keep_rows(&mut keep, &rows);
                 analysis = Analysis {
-                    generation: self.index_generation(repo).await?,
+                    generation: self.generation_of(repo, Some(&body)),
                     keep,
                 };
             }

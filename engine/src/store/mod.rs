@@ -296,19 +296,35 @@ impl Store {
     /// What changes whenever `repo`'s index.json is rewritten, for GC's
     /// re-check. One process alone counts its own writes (free); several
     /// instances write each other's index, so then it is a hash of the
-    /// bytes as they are now (one read).
-    pub(crate) async fn index_generation(&self, repo: &RepoName) -> StoreResult<u64> {
+    /// bytes as they are now (one read), and those bytes come back too
+    /// (`None` when nothing was read, or there is no index.json).
+    pub(crate) async fn index_generation(
+        &self,
+        repo: &RepoName,
+    ) -> StoreResult<(u64, Option<Bytes>)> {
         if !self.is_shared() {
-            return Ok(self.generation(repo));
+            return Ok((self.generation(repo), None));
+        }
+        match self.read_index_bytes(repo).await {
+            Ok(body) => Ok((self.generation_of(repo, Some(&body)), Some(body))),
+            Err(StoreError::NameUnknown { .. }) => Ok((self.generation_of(repo, None), None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Store::index_generation`] of index.json's bytes the caller has
+    /// just read (`None`: it has none), without reading them again: the
+    /// generation is then that of exactly what the caller parsed.
+    pub(crate) fn generation_of(&self, repo: &RepoName, body: Option<&[u8]>) -> u64 {
+        if !self.is_shared() {
+            return self.generation(repo);
         }
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
-        match self.read_index_bytes(repo).await {
-            Ok(body) => body.hash(&mut h),
-            Err(StoreError::NameUnknown { .. }) => {}
-            Err(e) => return Err(e),
+        if let Some(body) = body {
+            body.hash(&mut h);
         }
-        Ok(h.finish())
+        h.finish()
     }
 
     // --- index.json -------------------------------------------------------
@@ -395,7 +411,7 @@ impl Store {
         held: &StoreGuard,
     ) -> StoreResult<()> {
         let body = serde_json::to_vec(index).expect("index serialises");
-        self.write_index_bytes(repo, body, basis, held).await
+        self.write_index_bytes(repo, body.into(), basis, held).await
     }
 
     /// [`Store::write_index`] for a removal: works on a full disk (see
@@ -408,7 +424,7 @@ impl Store {
         held: &StoreGuard,
     ) -> StoreResult<()> {
         let body = serde_json::to_vec(index).expect("index serialises");
-        self.write_index_bytes_removing(repo, body, basis, held)
+        self.write_index_bytes_removing(repo, body.into(), basis, held)
             .await
     }
 
@@ -416,7 +432,7 @@ impl Store {
     pub(crate) async fn write_index_bytes(
         &self,
         repo: &RepoName,
-        body: Vec<u8>,
+        body: Bytes,
         basis: &IndexBasis,
         held: &StoreGuard,
     ) -> StoreResult<()> {
@@ -429,7 +445,6 @@ impl Store {
             .entry(repo.clone())
             .or_default() += 1;
         let path = layout::index_json(repo);
-        let body = Bytes::from(body);
         if !self.is_shared() {
             return Ok(self.driver().put(&path, body, PutMode::Overwrite).await?);
         }

@@ -153,7 +153,7 @@ impl Store {
     pub(crate) async fn write_index_bytes_removing(
         &self,
         repo: &RepoName,
-        body: Vec<u8>,
+        body: Bytes,
         basis: &super::IndexBasis,
         held: &super::StoreGuard,
     ) -> StoreResult<()> {
