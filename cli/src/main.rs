@@ -516,6 +516,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     report.bytes_freed,
                     report.pass_ns as f64 / 1e6
                 ));
+                if !report.deferred.is_empty() {
+                    lines.push(format!(
+                        "gc: the disk was too full to prune {} (their untagged manifests stay until a later pass)",
+                        report.deferred.join(", ")
+                    ));
+                }
                 lines.join("\n")
             });
         }

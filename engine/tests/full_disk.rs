@@ -173,6 +173,13 @@ async fn a_full_disk_stops_writes_not_removals_and_recovers() {
             .await
             .unwrap_or_else(|e| panic!("{label}: a tag delete on a full disk: {e}"));
         assert!(s.tags(r0, None, None).await.unwrap().is_empty(), "{label}");
+        // The delete took the reserve back from the space it released
+        // (its rewrite shrank the index): a write already admitted cannot
+        // take that space, and the next removal finds the reserve again.
+        assert!(
+            s.reserve_held(),
+            "{label}: the delete left the reserve released"
+        );
 
         // GC frees the untagged image's bytes (and takes its reserve back
         // from them first).
@@ -212,5 +219,88 @@ async fn a_full_disk_stops_writes_not_removals_and_recovers() {
             );
         }
         assert_clean(&s, &label).await;
+    }
+}
+
+/// DESIGN §7: a full disk must not stop GC, even with no reserve at all
+/// (none kept, or taken by writes admitted before its release). Pruning
+/// an untagged image needs an index rewrite, which finds no room; the pass
+/// goes on instead of failing: it keeps those rows and all they reference,
+/// frees what needs no space (a repository of unreferenced blobs), and
+/// then prunes with the space that freed. Before, the first rewrite's
+/// "no space" ended the pass, and the store stayed full for good.
+#[tokio::test]
+async fn gc_on_a_full_disk_without_a_reserve_frees_then_prunes() {
+    for (layout, backend) in [
+        (LayoutKind::Blobstore, Backend::Fs),
+        (LayoutKind::Blobstore, Backend::ObjectDir),
+        (LayoutKind::Legacy, Backend::Fs),
+    ] {
+        let label = format!("{layout}/{backend:?}");
+        let tmpfs = Tmpfs::mount(6 * MIB as u64);
+        let root = tmpfs.path().join("root");
+        let driver: Arc<dyn Driver> = match backend {
+            Backend::Fs => Arc::new(FsDriver::open(&root).unwrap()),
+            _ => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
+        };
+        let config = StoreConfig {
+            layout,
+            policy: LockPolicy::Striped,
+        };
+        let s = Store::open(driver, Arc::new(MemoryMeta::new()), config)
+            .await
+            .unwrap();
+        // Filled with a reserve, which the tag delete uses; then no
+        // reserve, and the space it held filled with loose blobs too.
+        s.keep_reserve(DEFAULT_RESERVE).await.unwrap();
+        let images = fill(&tmpfs, &s).await;
+        let (r0, img0) = &images[0];
+        s.delete_manifest(r0, &tag("v1")).await.unwrap();
+        s.keep_reserve(0).await.unwrap();
+        fill_with_loose_blobs(&tmpfs, &s).await;
+        assert_eq!(tmpfs.free(), 0, "{label}: the disk is not full");
+
+        let report = s
+            .gc(GcOptions::new(Duration::ZERO))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: gc on a full disk with no reserve: {e}"));
+        assert!(
+            report.deferred.is_empty(),
+            "{label}: still deferred after the pass freed space: {report:?}"
+        );
+        assert!(
+            s.get_manifest(r0, &Reference::Digest(img0.digest.clone()))
+                .await
+                .is_err(),
+            "{label}: the untagged image survived GC"
+        );
+        let layer = img0.layers[0].1.len() as u64;
+        assert!(
+            report.bytes_freed >= layer,
+            "{label}: gc freed {} bytes, not even the {layer}-byte layer: {report:?}",
+            report.bytes_freed
+        );
+        for (r, img) in &images[1..] {
+            assert_eq!(
+                s.get_manifest(r, &tag("v1")).await.unwrap().body,
+                img.manifest,
+                "{label}: {r}"
+            );
+        }
+        assert_clean(&s, &label).await;
+    }
+}
+
+/// Pushes 1 KiB blobs no manifest references into repository `loose`
+/// until the disk refuses one.
+async fn fill_with_loose_blobs(tmpfs: &Tmpfs, s: &Store) {
+    let r = repo("loose");
+    for seed in 500_000.. {
+        let (d, data) = blob(seed, if tmpfs.free() > 4096 { 1024 } else { 1 });
+        match s.push_blob(&r, &d, data).await {
+            Ok(()) => {}
+            Err(e) if no_space(&e) => break,
+            Err(e) => panic!("filling: {e}"),
+        }
     }
 }

@@ -20,6 +20,11 @@ pub fn spawn(store: Store, every: Duration, opts: GcOptions) -> rtokio::task::Jo
         loop {
             ticks.tick().await;
             match store.gc(opts).await {
+                Ok(r) if !r.deferred.is_empty() => tracing::warn!(
+                    "gc: the disk was too full to prune {}; {} bytes freed, the rest waits for the next pass",
+                    r.deferred.join(", "),
+                    r.bytes_freed
+                ),
                 Ok(r) => tracing::info!(
                     "gc: {} manifests, {} blobs, {} uploads, {} repositories removed; {} bytes freed in {:.1} ms",
                     r.count(GcKind::Manifest),

@@ -168,6 +168,12 @@ pub struct GcReport {
     /// Exclusive acquisitions of the blobstore lock during the pass, by
     /// anyone (zero under `striped` unless something stopped the world).
     pub blobstore_exclusive_acquisitions: u64,
+    /// Repositories whose untagged rows stay for now: the disk was full
+    /// even for their index rewrite, twice in the pass (DESIGN §7: GC goes
+    /// on without the bookkeeping that needs space, and a later pass
+    /// tries again). Their garbage is kept, never lost track of.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<String>,
 }
 
 impl GcReport {
@@ -221,6 +227,20 @@ impl Store {
         }
         self.gc_blobstore(opts, &mut report, &dropped).await?;
         self.gc_leftovers(opts, &mut report).await?;
+        // Pruning the disk had no room for, once more now that the pass
+        // has freed what it could, and the sweep of what that lets go;
+        // what still fails waits for the next pass.
+        let deferred = std::mem::take(&mut report.deferred);
+        if !deferred.is_empty() {
+            for repo in deferred {
+                let repo = RepoName::parse(&repo).expect("a catalog name");
+                match self.gc_repo(&repo, opts, &mut report, &mut dropped).await {
+                    Err(StoreError::NameUnknown { .. }) => {}
+                    done => done?,
+                }
+            }
+            self.gc_blobstore(opts, &mut report, &dropped).await?;
+        }
         if !opts.dry_run {
             // Space this pass freed goes to the reserve first (if one is
             // kept and was released), so the next full disk finds it.
@@ -398,21 +418,38 @@ impl Store {
         // could not be parsed (reach cannot follow them, but they are young).
         let mut keep = reached.blobs;
         keep.extend(young);
-        drop(rows);
         // The bytes `keep` was computed from, as index.json now holds them.
         let mut kept_body = body.clone();
-        if !drop_rows.is_empty() {
+        if !drop_rows.is_empty() && opts.dry_run {
             for d in &drop_rows {
                 report.add(GcKind::Manifest, Some(repo), Some(d), 0);
             }
-            if !opts.dry_run {
-                // The kept rows are written back as they were read.
-                let pruned = Bytes::from(index.without(|row| drop_rows.contains(row.digest())));
-                self.write_index_bytes_removing(repo, pruned.clone(), &basis, held)
-                    .await?;
-                kept_body = pruned;
+        } else if !drop_rows.is_empty() {
+            // The kept rows are written back as they were read.
+            let pruned = Bytes::from(index.without(|row| drop_rows.contains(row.digest())));
+            match self
+                .write_index_bytes_removing(repo, pruned.clone(), &basis, held)
+                .await
+            {
+                Ok(()) => {
+                    for d in &drop_rows {
+                        report.add(GcKind::Manifest, Some(repo), Some(d), 0);
+                    }
+                    kept_body = pruned;
+                }
+                // Full even past the reserve (writes admitted before it was
+                // released took the space). Aborting here would wedge the
+                // store: the space comes from this very pass's removals and
+                // sweep. So the rows stay, and with them all they
+                // reference; `Store::gc` tries again once it has freed space.
+                Err(e) if e.is_no_space() => {
+                    Store::keep_rows(&mut keep, &rows);
+                    report.deferred.push(repo.to_string());
+                }
+                Err(e) => return Err(e),
             }
         }
+        drop(rows);
         let mut candidates = Vec::new();
         for d in self.layout().repo_digests(repo).await? {
             if !keep.contains(&d) && self.aged(Marked::Blob(repo, &d), opts, seen).await? {
@@ -485,6 +522,20 @@ impl Store {
                 size
             };
             report.add(GcKind::Blob, Some(repo), Some(&d), freed);
+            // With no delay, a copy no repository holds any more goes now,
+            // not at the pass's end (where the sweep would take it with no
+            // age to check either): a pass on a full disk frees space as
+            // it goes, and clients push again before it ends. This plan
+            // holds what the sweep's own plan does (the digest's lock, the
+            // blobstore read), and the sweep re-checks the holders under
+            // it. Several instances sweep under a lease only.
+            if shared_namespace
+                && opts.delay.is_zero()
+                && !self.is_shared()
+                && let Some(bytes) = self.layout().sweep(&d).await?
+            {
+                report.add(GcKind::BlobstoreBlob, None, Some(&d), bytes);
+            }
         }
 
         self.gc_uploads(repo, opts, report).await?;

@@ -13,7 +13,9 @@
 //! a crash. Rewriting in place is not crash-safe. So removal does need a
 //! little space, and it is kept aside for it: a reserve file,
 //! `_ocistore/reserve`, released when a removal's write finds the disk
-//! full, and re-created before the next client write is admitted.
+//! full, and re-created by that removal as soon as its write is in (still
+//! under its lock), else before the next client write is admitted or at
+//! the end of a GC pass.
 //!
 //! Re-creating it before admitting a write means that space freed by GC
 //! (or by anyone) goes to the reserve first, so the next removal on a full
@@ -189,6 +191,16 @@ impl Store {
             if !result.as_ref().is_err_and(StoreError::is_no_space) {
                 break;
             }
+        }
+        if result.is_ok() {
+            // The reserve back at once, from the space the release left
+            // (the rewrite shrank the index): writes admitted before the
+            // release and waiting on this removal's lock would otherwise
+            // take it when the lock goes, and every removal after would
+            // find neither space nor reserve until a GC pass ended. Its
+            // failure is the next admission's to report: this removal is
+            // done.
+            let _ = self.restore_reserve().await;
         }
         result
     }
