@@ -194,8 +194,15 @@ async fn settle(scenario: &Scenario, world: &World, shared: &Shared) {
                 // is abandoned.
                 let opts =
                     engine::gc::GcOptions::new(Duration::ZERO).upload_timeout(Duration::ZERO);
-                if let Err(e) = store.gc(opts).await {
-                    checker.violation(format!("final gc: {e}"));
+                match store.gc(opts).await {
+                    Err(e) => checker.violation(format!("final gc: {e}")),
+                    // With no client in flight, the reserve (or the space
+                    // the pass freed) must cover every index rewrite.
+                    Ok(report) if !report.deferred.is_empty() => checker.violation(format!(
+                        "final gc: no space to prune {:?} (invariant 11)",
+                        report.deferred
+                    )),
+                    Ok(_) => {}
                 }
             }
             checker.verify_tags(&store, "at the end").await;
