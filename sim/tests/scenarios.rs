@@ -352,8 +352,8 @@ fn several_instances_lose_nothing_and_each_fence_is_needed() {
     }
     let dir = tempfile::tempdir().unwrap();
     // In-process locks lose tags at every seed of 200 seen; ignored
-    // conditions at 34 of 200 (a stall must land on a contended write),
-    // three of them in the first twenty.
+    // conditions at 41 of 200 (a stall must land on a contended write),
+    // five of them in the first twenty.
     for (line, seeds, what) in [
         ("shared = \"in_process_locks\"", "1", "in-process locks"),
         (
@@ -375,7 +375,7 @@ fn several_instances_lose_nothing_and_each_fence_is_needed() {
 /// The sweeper paused past its lease but not its lock session: ten seeds
 /// lose nothing. The takeover it is about needs another instance's GC to
 /// reach its sweep during the pause (the paused instance's clients often
-/// hold repository locks it waits for): 5 of 200 seeds, where the woken
+/// hold repository locks it waits for): 7 of 200 seeds, where the woken
 /// sweeper's write is refused by the newer epoch. No single seed is pinned
 /// (any change to the engine's calls moves them): 200 seeds, about 3
 /// CPU-seconds, must fence at least one write.
