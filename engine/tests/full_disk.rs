@@ -117,31 +117,52 @@ async fn fill(tmpfs: &Tmpfs, s: &Store) -> Vec<(RepoName, Image)> {
     images
 }
 
+/// Every image of `images` is still there by its tag, and fsck is clean.
+async fn assert_still_tagged_and_clean(s: &Store, images: &[(RepoName, Image)], label: &str) {
+    for (r, img) in images {
+        assert_eq!(
+            s.get_manifest(r, &tag("v1")).await.unwrap().body,
+            img.manifest,
+            "{label}: {r}"
+        );
+    }
+    assert_clean(s, label).await;
+}
+
+/// The layouts and backends a full disk is tried on.
+const CASES: [(LayoutKind, Backend); 3] = [
+    (LayoutKind::Blobstore, Backend::Fs),
+    (LayoutKind::Blobstore, Backend::ObjectDir),
+    (LayoutKind::Legacy, Backend::Fs),
+];
+
+/// A striped store of `layout` on `backend` over a fresh 6 MiB tmpfs, and
+/// a label for its messages.
+async fn store_on_tmpfs((layout, backend): (LayoutKind, Backend)) -> (Tmpfs, Store, String) {
+    let tmpfs = Tmpfs::mount(6 * MIB as u64);
+    let root = tmpfs.path().join("root");
+    let driver: Arc<dyn Driver> = match backend {
+        Backend::Fs => Arc::new(FsDriver::open(&root).unwrap()),
+        _ => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
+    };
+    let config = StoreConfig {
+        layout,
+        policy: LockPolicy::Striped,
+    };
+    let store = Store::open(driver, Arc::new(MemoryMeta::new()), config)
+        .await
+        .unwrap();
+    (tmpfs, store, format!("{layout}/{backend:?}"))
+}
+
 /// DESIGN §7, invariant 11, on a real full disk: with the disk at 0 bytes
 /// free, a push fails cleanly with "no space", reads work, a tag delete
 /// works, GC with delay 0 frees the untagged image, and the same store
 /// pushes again.
 #[tokio::test]
 async fn a_full_disk_stops_writes_not_removals_and_recovers() {
-    for (layout, backend) in [
-        (LayoutKind::Blobstore, Backend::Fs),
-        (LayoutKind::Blobstore, Backend::ObjectDir),
-        (LayoutKind::Legacy, Backend::Fs),
-    ] {
-        let label = format!("{layout}/{backend:?}");
-        let tmpfs = Tmpfs::mount(6 * MIB as u64);
-        let root = tmpfs.path().join("root");
-        let driver: Arc<dyn Driver> = match backend {
-            Backend::Fs => Arc::new(FsDriver::open(&root).unwrap()),
-            _ => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
-        };
-        let config = StoreConfig {
-            layout,
-            policy: LockPolicy::Striped,
-        };
-        let s = Store::open(driver, Arc::new(MemoryMeta::new()), config)
-            .await
-            .unwrap();
+    for case in CASES {
+        let (tmpfs, s, label) = store_on_tmpfs(case).await;
         s.keep_reserve(DEFAULT_RESERVE).await.unwrap();
         assert!(s.reserve_held(), "{label}: no reserve on an empty disk");
         let images = fill(&tmpfs, &s).await;
@@ -211,14 +232,7 @@ async fn a_full_disk_stops_writes_not_removals_and_recovers() {
             data,
             "{label}"
         );
-        for (r, img) in &images[1..] {
-            assert_eq!(
-                s.get_manifest(r, &tag("v1")).await.unwrap().body,
-                img.manifest,
-                "{label}: {r}"
-            );
-        }
-        assert_clean(&s, &label).await;
+        assert_still_tagged_and_clean(&s, &images[1..], &label).await;
     }
 }
 
@@ -231,25 +245,8 @@ async fn a_full_disk_stops_writes_not_removals_and_recovers() {
 /// "no space" ended the pass, and the store stayed full for good.
 #[tokio::test]
 async fn gc_on_a_full_disk_without_a_reserve_frees_then_prunes() {
-    for (layout, backend) in [
-        (LayoutKind::Blobstore, Backend::Fs),
-        (LayoutKind::Blobstore, Backend::ObjectDir),
-        (LayoutKind::Legacy, Backend::Fs),
-    ] {
-        let label = format!("{layout}/{backend:?}");
-        let tmpfs = Tmpfs::mount(6 * MIB as u64);
-        let root = tmpfs.path().join("root");
-        let driver: Arc<dyn Driver> = match backend {
-            Backend::Fs => Arc::new(FsDriver::open(&root).unwrap()),
-            _ => Arc::new(ObjectDriver::in_dir(&root).unwrap()),
-        };
-        let config = StoreConfig {
-            layout,
-            policy: LockPolicy::Striped,
-        };
-        let s = Store::open(driver, Arc::new(MemoryMeta::new()), config)
-            .await
-            .unwrap();
+    for case in CASES {
+        let (tmpfs, s, label) = store_on_tmpfs(case).await;
         // Filled with a reserve, which the tag delete uses; then no
         // reserve, and the space it held filled with loose blobs too.
         s.keep_reserve(DEFAULT_RESERVE).await.unwrap();
@@ -280,14 +277,7 @@ async fn gc_on_a_full_disk_without_a_reserve_frees_then_prunes() {
             "{label}: gc freed {} bytes, not even the {layer}-byte layer: {report:?}",
             report.bytes_freed
         );
-        for (r, img) in &images[1..] {
-            assert_eq!(
-                s.get_manifest(r, &tag("v1")).await.unwrap().body,
-                img.manifest,
-                "{label}: {r}"
-            );
-        }
-        assert_clean(&s, &label).await;
+        assert_still_tagged_and_clean(&s, &images[1..], &label).await;
     }
 }
 
