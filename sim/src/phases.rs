@@ -211,7 +211,7 @@ async fn settle(scenario: &Scenario, world: &World, shared: &Shared) {
                 .await;
             if scenario.gc.is_some() {
                 checker
-                    .verify_no_leaks(&store, &world.durable_sizes(), "after the final gc")
+                    .verify_no_leaks(&store, &world.live_sizes(), "after the final gc")
                     .await;
             }
         }

@@ -692,6 +692,19 @@ impl SimDisk {
             .collect()
     }
 
+    /// Every file as the running system sees it now, with its size, in
+    /// path order: what a process listing the disk would find.
+    pub fn live_sizes(&self) -> BTreeMap<String, u64> {
+        let st = self.state.lock().unwrap();
+        st.live
+            .iter()
+            .filter_map(|(p, e)| match e {
+                Entry::File(id) => Some((p.clone(), st.inodes[id].live.len() as u64)),
+                Entry::Dir => None,
+            })
+            .collect()
+    }
+
     /// [`SimDisk::durable_image`] in path order, without copying the bytes.
     pub fn durable_files(&self) -> Vec<(String, Bytes)> {
         let st = self.state.lock().unwrap();
