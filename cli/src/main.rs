@@ -304,7 +304,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ls => {
             let store = root::open(&cli.root).await?;
             let repos: Vec<String> = store
-                .catalog(None, None)
+                .repositories()
                 .await?
                 .iter()
                 .map(ToString::to_string)
@@ -605,7 +605,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let (mut manifests, mut tags, mut references, mut logical) =
                 (0usize, 0usize, 0usize, 0u64);
             let mut unique: BTreeSet<(Digest, u64)> = BTreeSet::new();
-            let repos = store.catalog(None, None).await?;
+            let repos = store.repositories().await?;
             for repo in &repos {
                 tags += store.tags(repo, None, None).await?.len();
                 for d in store.repo_blobs(repo).await? {

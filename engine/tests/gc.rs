@@ -379,6 +379,57 @@ async fn an_emptied_repository_disappears(h: &Harness) {
     s.get_manifest(&r, &tag("v")).await.unwrap();
 }
 
+/// A repository a process died making or removing is an `oci-layout`
+/// without its `index.json`: no catalog lists it, so only GC's leftover
+/// pass comes back to it. Past the delay it goes; younger, or a real
+/// repository's, it stays.
+async fn a_half_made_repository_goes_past_the_delay(h: &Harness) {
+    let s = &h.store;
+    let real = repo("real");
+    push_image(s, &real, &image(70, 1), Some("v")).await;
+    let skeleton = DriverPath::new("half/made/oci-layout").unwrap();
+    s.driver()
+        .put(
+            &skeleton,
+            Bytes::from_static(br#"{"imageLayoutVersion":"1.0.0"}"#),
+            PutMode::IfAbsent,
+        )
+        .await
+        .unwrap();
+    let report = s.gc(HOUR).await.unwrap();
+    assert_eq!(
+        report.count(GcKind::Leftover),
+        0,
+        "{}: {:?}",
+        h.label,
+        report.items
+    );
+    s.driver().stat(&skeleton).await.unwrap();
+
+    let report = s.gc(NOW).await.unwrap();
+    let paths: Vec<_> = report
+        .items
+        .iter()
+        .filter_map(|i| i.path.as_deref())
+        .collect();
+    assert_eq!(
+        paths,
+        ["half/made/oci-layout"],
+        "{}: {:?}",
+        h.label,
+        report.items
+    );
+    assert!(s.driver().stat(&skeleton).await.unwrap_err().is_not_found());
+    s.driver()
+        .stat(&engine::layout::oci_layout(&real))
+        .await
+        .unwrap_or_else(|e| panic!("{}: the real repository's oci-layout: {e}", h.label));
+    // The name is free again: pushing there makes a whole repository.
+    let half = repo("half/made");
+    push_image(s, &half, &image(71, 1), Some("v")).await;
+    s.get_manifest(&half, &tag("v")).await.unwrap();
+}
+
 async fn a_pass_reads_each_manifest_once(h: &Harness) {
     let s = &h.store;
     let r = repo("cost");
@@ -422,6 +473,7 @@ gc_cases!(
     unknown_media_type_rows_are_pruned_shared_config_survives,
     stale_uploads_go_only_past_the_delay_and_idle_limit,
     an_emptied_repository_disappears,
+    a_half_made_repository_goes_past_the_delay,
     a_pass_reads_each_manifest_once,
 );
 
@@ -1005,4 +1057,41 @@ async fn a_sweep_delete_that_fails_after_taking_effect_is_not_trusted() {
             assert_clean(s, &h.label).await;
         }
     }
+}
+
+/// GC and fsck work over every repository, not over one catalog page:
+/// `catalog` stops at `MAX_PAGE` (10,000), and GC and fsck used to call it,
+/// so a store with more repositories never collected or checked the rest.
+/// 10,001 empty repositories (an empty index each) on the in-memory object
+/// store, the last one holding an unreferenced blob: GC takes it.
+#[tokio::test]
+async fn gc_reaches_past_a_catalog_page() {
+    let h = harness(
+        LayoutKind::Blobstore,
+        LockPolicy::Striped,
+        Backend::ObjectMemory,
+    )
+    .await;
+    let s = &h.store;
+    let count = engine::store::MAX_PAGE + 1;
+    let names: Vec<engine::RepoName> = (0..count).map(|i| repo(&format!("r{i:05}"))).collect();
+    for r in &names {
+        s.init_repo(r).await.unwrap();
+    }
+    let last = names.last().unwrap();
+    let (d, data) = blob(80, 100);
+    s.push_blob(last, &d, data).await.unwrap();
+    assert_eq!(
+        s.catalog(None, None).await.unwrap().len(),
+        engine::store::MAX_PAGE
+    );
+    assert_eq!(s.repositories().await.unwrap().len(), count);
+
+    let report = s.gc(NOW).await.unwrap();
+    assert_eq!(report.repos_scanned, count, "{}", h.label);
+    assert!(
+        s.stat_blob(last, &d).await.is_err(),
+        "{}: the blob of repository {last}, past the first page, survived",
+        h.label
+    );
 }

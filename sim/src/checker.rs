@@ -613,7 +613,7 @@ impl Checker {
             .into_iter()
             .map(str::to_owned)
             .collect();
-        let repos = match store.catalog(None, None).await {
+        let repos = match store.repositories().await {
             Ok(repos) => repos,
             Err(e) => return self.violation(format!("{when}: catalog: {e}")),
         };

@@ -41,7 +41,7 @@ type Logical = BTreeMap<String, (BTreeMap<String, Digest>, BTreeMap<Digest, Dige
 /// Tags and every blob's digest as read back (bytes hashed on the way).
 async fn logical(s: &Store) -> Logical {
     let mut out = Logical::new();
-    for repo in s.catalog(None, None).await.unwrap_or_default() {
+    for repo in s.repositories().await.unwrap_or_default() {
         let mut tags = BTreeMap::new();
         for t in s.tags(&repo, None, None).await.unwrap_or_default() {
             if let Ok(m) = s.get_manifest(&repo, &Reference::Tag(t.clone())).await {
@@ -164,7 +164,7 @@ pub async fn run(
             )),
             Err(e) => checker.violation(format!("side-by-side sync failed: {e}")),
         }
-        summary.repos = new.catalog(None, None).await.map(|c| c.len()).unwrap_or(0);
+        summary.repos = new.repositories().await.map(|c| c.len()).unwrap_or(0);
         summary.virtual_ms = started.elapsed().as_secs_f64() * 1e3;
         return summary;
     }

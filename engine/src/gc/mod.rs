@@ -216,7 +216,10 @@ impl Store {
         let mut dropped: HashMap<Digest, u64> = HashMap::new();
         // Sessions other instances started expire here too.
         self.sync_sessions().await?;
-        for repo in self.catalog(None, None).await? {
+        // One walk finds the repositories and the skeletons (see
+        // `gc_leftovers`).
+        let dirs = crate::store::walk_repo_dirs(self.driver()).await?;
+        for repo in dirs.repos {
             report.repos_scanned += 1;
             match self.gc_repo(&repo, opts, &mut report, &mut dropped).await {
                 // Removed meanwhile: another instance's pass found it empty
@@ -226,7 +229,8 @@ impl Store {
             }
         }
         self.gc_blobstore(opts, &mut report, &dropped).await?;
-        self.gc_leftovers(opts, &mut report).await?;
+        self.gc_leftovers(&dirs.skeletons, opts, &mut report)
+            .await?;
         // Pruning the disk had no room for, once more now that the pass
         // has freed what it could, and the sweep of what that lets go;
         // what still fails waits for the next pass.
@@ -596,7 +600,8 @@ impl Store {
     }
 
     /// Temp files of dead writers (crashed or killed processes), anywhere
-    /// in the store, once older than the delay (invariant 12).
+    /// in the store, and repository skeletons (an `oci-layout` without its
+    /// `index.json`), once older than the delay (invariant 12).
     ///
     /// Reclaimed here rather than when the store opens: opening must stay
     /// cheap and read-only (a CLI `ls` opens the store too, and another
@@ -605,7 +610,29 @@ impl Store {
     /// write in progress, here or in another live process, is never
     /// touched however long it idles; the delay is the margin for writers
     /// the driver cannot see (another machine sharing the directory).
-    async fn gc_leftovers(&self, opts: GcOptions, report: &mut GcReport) -> StoreResult<()> {
+    async fn gc_leftovers(
+        &self,
+        skeletons: &[RepoName],
+        opts: GcOptions,
+        report: &mut GcReport,
+    ) -> StoreResult<()> {
+        // Half-made or half-removed repositories: no catalog lists them,
+        // so nothing else would ever come back to them.
+        for repo in skeletons {
+            let guard = self.lock(Intent::repo_change(repo)).await?;
+            guard.check()?;
+            if let Some((path, size)) = self.remove_skeleton(repo, opts.delay, opts.dry_run).await?
+            {
+                report.bytes_freed += size;
+                report.items.push(GcItem {
+                    kind: GcKind::Leftover,
+                    repo: None,
+                    digest: None,
+                    bytes: size,
+                    path: Some(path.to_string()),
+                });
+            }
+        }
         let now = SystemTime::now();
         // Recorded upload sessions' staged bytes are not among them: they
         // go when their session ends or expires (the repository passes).

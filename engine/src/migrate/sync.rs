@@ -37,7 +37,7 @@ impl SyncReport {
 /// Copies every repository, manifest, tag and blob of `old` into `new`.
 pub async fn sync_stores(old: &Store, new: &Store) -> StoreResult<SyncReport> {
     let mut report = SyncReport::default();
-    for repo in old.catalog(None, None).await? {
+    for repo in old.repositories().await? {
         report.repos += 1;
         let index = old.read_index(&repo).await?;
         let mut done = HashSet::new();
@@ -140,10 +140,7 @@ async fn copy_manifest(
 /// Per repository: tags (-> digest), manifests, blobs. Equal, or listed.
 pub async fn compare(old: &Store, new: &Store) -> StoreResult<Vec<String>> {
     let mut out = Vec::new();
-    let (a, b) = (
-        old.catalog(None, None).await?,
-        new.catalog(None, None).await?,
-    );
+    let (a, b) = (old.repositories().await?, new.repositories().await?);
     let (a_set, b_set): (BTreeSet<_>, BTreeSet<_>) = (a.iter().collect(), b.iter().collect());
     for r in a_set.symmetric_difference(&b_set) {
         out.push(format!("repository {r} exists on one side only"));

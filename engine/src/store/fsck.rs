@@ -123,7 +123,7 @@ impl Store {
     pub async fn fsck(&self) -> StoreResult<Vec<Finding>> {
         let mut out = Vec::new();
         let layout = self.layout();
-        let repos = self.catalog(None, None).await?;
+        let repos = self.repositories().await?;
         let empty = |d: &Digest| *d == Digest::of(d.algorithm(), b"");
 
         // Who actually holds what (membership with valid bytes counts; a

@@ -25,7 +25,7 @@ pub use self::blobs::UploadStatus;
 pub use self::fsck::{Finding, FindingKind};
 pub use self::manifests::StoredManifest;
 pub use self::repos::MAX_PAGE;
-pub(crate) use self::repos::list_repos;
+pub(crate) use self::repos::{list_repos, walk_repo_dirs};
 pub use self::reserve::{DEFAULT_RESERVE, RESERVE_PATH};
 
 use crate::driver::{CallCounts, Driver, Instrumented, ObjectVersion, PutMode};

@@ -86,6 +86,50 @@ impl Store {
         Ok(())
     }
 
+    /// Under `repo`'s exclusive lock: removes the `oci-layout` of a
+    /// directory that is no repository (no `index.json`, re-checked here)
+    /// once it is at least `min_age` old, and returns its path and size.
+    /// `None`: a repository now, gone, or too young. `dry_run` only says.
+    pub(crate) async fn remove_skeleton(
+        &self,
+        repo: &RepoName,
+        min_age: std::time::Duration,
+        dry_run: bool,
+    ) -> StoreResult<Option<(DriverPath, u64)>> {
+        let d = self.driver();
+        let layout_file = layout::oci_layout(repo);
+        let meta = match d.stat(&layout_file).await {
+            Ok(meta) => meta,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match d.stat(&layout::index_json(repo)).await {
+            Ok(_) => return Ok(None), // made a repository meanwhile
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let age = std::time::SystemTime::now()
+            .duration_since(meta.modified)
+            .unwrap_or_default();
+        if age < min_age {
+            return Ok(None);
+        }
+        if !dry_run {
+            self.inner.known_repos.lock().unwrap().remove(repo);
+            d.delete(&layout_file).await?;
+            d.sync_dir(Some(&layout::repo_dir(repo))).await?;
+        }
+        Ok(Some((layout_file, meta.size)))
+    }
+
+    /// Every repository in lexical order, unpaged: for work over the whole
+    /// store (fsck, sync, the CLI). [`Store::catalog`] pages at most
+    /// [`MAX_PAGE`]; GC and fsck used to call it, and a store with more
+    /// repositories than that was never collected or checked past them.
+    pub async fn repositories(&self) -> StoreResult<Vec<RepoName>> {
+        list_repos(self.driver()).await
+    }
+
     /// Repositories in lexical order, after `last`, at most `n` (OCI paging).
     /// `_blobstore` and every `_`-prefixed name are never listed.
     pub async fn catalog(
@@ -136,16 +180,35 @@ fn page<T>(
 /// `index.json`. Hidden `_` names at the top, and a repository's own `blobs`
 /// and `.uploads`, are not walked.
 pub(crate) async fn list_repos(driver: &dyn crate::driver::Driver) -> StoreResult<Vec<RepoName>> {
-    let mut repos = Vec::new();
+    Ok(walk_repo_dirs(driver).await?.repos)
+}
+
+/// What [`walk_repo_dirs`] finds.
+pub(crate) struct RepoDirs {
+    /// Directories holding an `index.json`, sorted.
+    pub repos: Vec<RepoName>,
+    /// Directories holding an `oci-layout` and no `index.json`: a repository
+    /// a process died making (`ensure_repo` writes `oci-layout` first) or
+    /// removing (`remove_repo_files` deletes `index.json` first).
+    pub skeletons: Vec<RepoName>,
+}
+
+/// One walk of the root for [`list_repos`] and GC's skeletons.
+pub(crate) async fn walk_repo_dirs(driver: &dyn crate::driver::Driver) -> StoreResult<RepoDirs> {
+    let (mut repos, mut skeletons) = (Vec::new(), Vec::new());
     let mut stack: Vec<Option<DriverPath>> = vec![None];
     while let Some(dir) = stack.pop() {
         let listing = driver.list_dir(dir.as_ref()).await?;
-        let is_repo = dir.is_some() && listing.files.iter().any(|f| f == "index.json");
+        let has = |name: &str| listing.files.iter().any(|f| f == name);
+        let is_repo = dir.is_some() && has("index.json");
         if let Some(dir) = &dir
-            && is_repo
             && let Ok(repo) = RepoName::parse(dir.as_str())
         {
-            repos.push(repo);
+            if is_repo {
+                repos.push(repo);
+            } else if has("oci-layout") {
+                skeletons.push(repo);
+            }
         }
         for child in listing.dirs {
             let skip = match &dir {
@@ -165,5 +228,6 @@ pub(crate) async fn list_repos(driver: &dyn crate::driver::Driver) -> StoreResul
         }
     }
     repos.sort();
-    Ok(repos)
+    skeletons.sort();
+    Ok(RepoDirs { repos, skeletons })
 }
