@@ -98,7 +98,7 @@ fn gc_delay_contract_sweep() {
 /// Twelve seeds (72 runs, about a CPU-second): two used to miss that
 /// seeds 4 and 5 wedged the store (GC aborted on its own index rewrite,
 /// the reserve never came back). What remains is rarer (4 of 1,800 runs
-/// at 4a53e4a+, seeds 48, 117, 186, 294: a tag delete whose released
+/// at bec7f27, seeds 48, 117, 186, 294: a tag delete whose released
 /// reserve a write on another repository took: the README's "full disks" row).
 #[test]
 fn a_full_disk_recovers_through_gc_sweep() {

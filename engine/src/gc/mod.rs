@@ -219,13 +219,14 @@ impl Store {
         // One walk finds the repositories and the skeletons (see
         // `gc_leftovers`).
         let dirs = crate::store::walk_repo_dirs(self.driver()).await?;
+        let mut no_room = Vec::new();
         for repo in dirs.repos {
             report.repos_scanned += 1;
-            match self.gc_repo(&repo, opts, &mut report, &mut dropped).await {
-                // Removed meanwhile: another instance's pass found it empty
-                // (with one process, the catalog and the pass agree).
-                Err(StoreError::NameUnknown { .. }) => {}
-                done => done?,
+            let deferred = report.deferred.len();
+            self.gc_listed_repo(&repo, opts, &mut report, &mut dropped)
+                .await?;
+            if report.deferred.len() > deferred {
+                no_room.push(repo);
             }
         }
         self.gc_blobstore(opts, &mut report, &dropped).await?;
@@ -234,14 +235,11 @@ impl Store {
         // Pruning the disk had no room for, once more now that the pass
         // has freed what it could, and the sweep of what that lets go;
         // what still fails waits for the next pass.
-        let deferred = std::mem::take(&mut report.deferred);
-        if !deferred.is_empty() {
-            for repo in deferred {
-                let repo = RepoName::parse(&repo).expect("a catalog name");
-                match self.gc_repo(&repo, opts, &mut report, &mut dropped).await {
-                    Err(StoreError::NameUnknown { .. }) => {}
-                    done => done?,
-                }
+        if !no_room.is_empty() {
+            report.deferred.clear();
+            for repo in &no_room {
+                self.gc_listed_repo(repo, opts, &mut report, &mut dropped)
+                    .await?;
             }
             self.gc_blobstore(opts, &mut report, &dropped).await?;
         }
@@ -424,11 +422,9 @@ impl Store {
         keep.extend(young);
         // The bytes `keep` was computed from, as index.json now holds them.
         let mut kept_body = body.clone();
-        if !drop_rows.is_empty() && opts.dry_run {
-            for d in &drop_rows {
-                report.add(GcKind::Manifest, Some(repo), Some(d), 0);
-            }
-        } else if !drop_rows.is_empty() {
+        let pruned = if drop_rows.is_empty() || opts.dry_run {
+            true
+        } else {
             // The kept rows are written back as they were read.
             let pruned = Bytes::from(index.without(|row| drop_rows.contains(row.digest())));
             match self
@@ -436,10 +432,8 @@ impl Store {
                 .await
             {
                 Ok(()) => {
-                    for d in &drop_rows {
-                        report.add(GcKind::Manifest, Some(repo), Some(d), 0);
-                    }
                     kept_body = pruned;
+                    true
                 }
                 // Full even past the reserve (writes admitted before it was
                 // released took the space). Aborting here would wedge the
@@ -449,8 +443,14 @@ impl Store {
                 Err(e) if e.is_no_space() => {
                     Store::keep_rows(&mut keep, &rows);
                     report.deferred.push(repo.to_string());
+                    false
                 }
                 Err(e) => return Err(e),
+            }
+        };
+        if pruned {
+            for d in &drop_rows {
+                report.add(GcKind::Manifest, Some(repo), Some(d), 0);
             }
         }
         drop(rows);
@@ -465,6 +465,22 @@ impl Store {
             keep,
         };
         Ok(Some((analysis, candidates)))
+    }
+
+    /// [`Store::gc_repo`] for a repository the pass listed, which may have
+    /// been removed meanwhile: another instance's pass found it empty (with
+    /// one process, the listing and the pass agree).
+    async fn gc_listed_repo(
+        &self,
+        repo: &RepoName,
+        opts: GcOptions,
+        report: &mut GcReport,
+        dropped: &mut HashMap<Digest, u64>,
+    ) -> StoreResult<()> {
+        match self.gc_repo(repo, opts, report, dropped).await {
+            Err(StoreError::NameUnknown { .. }) => Ok(()),
+            done => done,
+        }
     }
 
     async fn gc_repo(
